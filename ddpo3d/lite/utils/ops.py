@@ -197,3 +197,133 @@ def perpendicular_component(x: Float[Tensor, "B C H W"], y: Float[Tensor, "B C H
     eps = torch.ones_like(x[:, 0, 0, 0]) * 1e-6
     proj = (x * y).sum(dim=[1, 2, 3]) / torch.maximum((y * y).sum(dim=[1, 2, 3]), eps)
     return x - proj.view(-1, 1, 1, 1) * y
+
+
+# ---- camera helpers (used by the random-camera data module) -------------------------
+# Conventions (threestudio's): right-handed world, +z up; cameras look down their local -z
+# axis with +y up; ``c2w`` columns are ``[right, up, -lookat, position]``.
+
+
+def get_ray_directions(
+    H: int,
+    W: int,
+    focal: Union[float, Tuple[float, float]],
+    principal: Optional[Tuple[float, float]] = None,
+    use_pixel_centers: bool = True,
+) -> Float[Tensor, "H W 3"]:
+    """Pinhole ray directions in camera space (x right, y up, looking down -z).
+
+    Args:
+        H, W: image size in pixels.
+        focal: focal length in pixels, or ``(fx, fy)`` (then ``principal`` is required).
+        principal: principal point ``(cx, cy)`` in pixels; default the image centre.
+        use_pixel_centers: offset pixel coordinates by 0.5.
+
+    Returns:
+        Unnormalised directions ``[(u - cx)/fx, -(v - cy)/fy, -1]``.
+    """
+    offset = 0.5 if use_pixel_centers else 0.0
+    if isinstance(focal, (int, float)):
+        fx = fy = float(focal)
+        cx, cy = W / 2, H / 2
+    else:
+        fx, fy = focal
+        if principal is None:
+            raise ValueError("get_ray_directions: principal point is required with (fx, fy)")
+        cx, cy = principal
+    u = torch.arange(W, dtype=torch.float32) + offset
+    v = torch.arange(H, dtype=torch.float32) + offset
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    return torch.stack([(uu - cx) / fx, -(vv - cy) / fy, -torch.ones_like(uu)], dim=-1)
+
+
+def get_rays(
+    directions: Float[Tensor, "... 3"],
+    c2w: Float[Tensor, "... 4 4"],
+    keepdim: bool = False,
+    noise_scale: float = 0.0,
+    normalize: bool = True,
+) -> Tuple[Float[Tensor, "... 3"], Float[Tensor, "... 3"]]:
+    """World-space ray origins and directions.
+
+    Args:
+        directions: camera-space directions ``[N, 3]``, ``[H, W, 3]`` or ``[B, H, W, 3]``.
+        c2w: ``[4, 4]``, ``[B, 4, 4]`` (or ``[N, 4, 4]`` for ``[N, 3]`` directions).
+        keepdim: keep the image layout; otherwise flatten to ``[-1, 3]``.
+        noise_scale: std of a random shift added to origins and directions (anti-aliasing).
+        normalize: make directions unit length.
+
+    Returns:
+        ``(rays_o, rays_d)``.
+    """
+    if directions.shape[-1] != 3:
+        raise ValueError(f"get_rays: directions must end in 3, got {tuple(directions.shape)}")
+    rot = c2w[..., :3, :3]
+    trans = c2w[..., :3, 3]
+    if directions.ndim == 2:
+        rot = rot if rot.ndim == 3 else rot[None]
+        trans = trans if trans.ndim == 2 else trans[None]
+        rays_d = torch.einsum("nij,nj->ni", rot.expand(directions.shape[0], 3, 3), directions)
+        rays_o = trans.expand_as(rays_d)
+    elif directions.ndim == 3:
+        if c2w.ndim == 2:
+            rays_d = torch.einsum("ij,hwj->hwi", rot, directions)
+            rays_o = trans[None, None].expand_as(rays_d)
+        else:
+            rays_d = torch.einsum("bij,hwj->bhwi", rot, directions)
+            rays_o = trans[:, None, None].expand_as(rays_d)
+    elif directions.ndim == 4:
+        if c2w.ndim != 3:
+            raise ValueError("get_rays: [B, H, W, 3] directions need [B, 4, 4] c2w")
+        rays_d = torch.einsum("bij,bhwj->bhwi", rot, directions)
+        rays_o = trans[:, None, None].expand_as(rays_d)
+    else:
+        raise ValueError(f"get_rays: unsupported directions shape {tuple(directions.shape)}")
+    if noise_scale > 0:
+        rays_o = rays_o + torch.randn(3, device=rays_o.device) * noise_scale
+        rays_d = rays_d + torch.randn(3, device=rays_d.device) * noise_scale
+    if normalize:
+        rays_d = F.normalize(rays_d, dim=-1)
+    if not keepdim:
+        rays_o, rays_d = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
+    return rays_o, rays_d
+
+
+def get_projection_matrix(fovy: Float[Tensor, "B"], aspect_wh: float, near: float, far: float) -> Float[Tensor, "B 4 4"]:
+    """OpenGL perspective projection (y flipped, as threestudio does for nvdiffrast).
+
+    Args:
+        fovy: vertical field of view in radians.
+        aspect_wh: width / height.
+        near, far: clip planes.
+
+    Returns:
+        Projection matrices.
+    """
+    t = torch.tan(fovy / 2.0)
+    proj = torch.zeros(fovy.shape[0], 4, 4, dtype=torch.float32)
+    proj[:, 0, 0] = 1.0 / (t * aspect_wh)
+    proj[:, 1, 1] = -1.0 / t
+    proj[:, 2, 2] = -(far + near) / (far - near)
+    proj[:, 2, 3] = -2.0 * far * near / (far - near)
+    proj[:, 3, 2] = -1.0
+    return proj
+
+
+def get_mvp_matrix(c2w: Float[Tensor, "B 4 4"], proj_mtx: Float[Tensor, "B 4 4"]) -> Float[Tensor, "B 4 4"]:
+    """``proj @ w2c`` with ``w2c`` the rigid inverse of ``c2w`` (``R^T``, ``-R^T t``)."""
+    rot_t = c2w[:, :3, :3].transpose(1, 2)
+    w2c = torch.zeros(c2w.shape[0], 4, 4, dtype=c2w.dtype, device=c2w.device)
+    w2c[:, :3, :3] = rot_t
+    w2c[:, :3, 3:] = -rot_t @ c2w[:, :3, 3:]
+    w2c[:, 3, 3] = 1.0
+    return proj_mtx.to(w2c) @ w2c
+
+
+def binary_cross_entropy(input: Tensor, target: Tensor) -> Tensor:
+    """Mean BCE written out, stable under mixed precision (``F.binary_cross_entropy`` is not).
+
+    With ``input == target`` (threestudio's "opaque" loss) this is the mean binary
+    entropy of the opacities, minimised when every opacity is 0 or 1.
+    """
+    return -(target * torch.log(input) + (1 - target) * torch.log(1 - input)).mean()
