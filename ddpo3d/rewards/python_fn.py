@@ -9,6 +9,7 @@ is imported when the block is built, never before.
 from __future__ import annotations
 
 import importlib
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,8 +102,13 @@ class PythonReward(Reward):
     def _to_tensor(self, out: Any, images: Tensor) -> Tensor:
         if isinstance(out, torch.Tensor):
             scores = out
-        elif isinstance(out, (list, tuple, np.ndarray)) or np.isscalar(out):
-            scores = torch.as_tensor(np.asarray(out, dtype=np.float32))
+        elif isinstance(out, (list, tuple, np.ndarray, numbers.Number)) and not isinstance(out, bool):
+            try:
+                scores = torch.as_tensor(np.asarray(out, dtype=np.float32))
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"python reward {self.cfg.target!r} returned values that are not numbers: {exc}"
+                ) from exc
         else:
             raise TypeError(
                 f"python reward {self.cfg.target!r} returned {type(out).__name__}; expected a tensor, "
