@@ -1,0 +1,366 @@
+"""DDPO3D: a policy gradient through one denoising step from the noised render.
+
+DDPO3D (Sharma et al. 2023, arXiv 2312.04806) applies DDPO (Black et al. 2023, arXiv
+2305.13301) to score distillation. Per view, with the render's model-space x_0 (with grad), the
+SDS branch's t, ε and x_t = sqrt(ᾱ_t) x_0 + sqrt(1-ᾱ_t) ε:
+
+* policy: the stochastic DDIM step (Song et al. 2020, eq. 12/16, η > 0)
+  π(a | x_t) = N(a; μ(x_t, ε̂), σ_t² I), μ = sqrt(ᾱ_p) x̂_0 + sqrt(1-ᾱ_p-σ_t²) ε̂,
+  x̂_0 = (x_t - sqrt(1-ᾱ_t) ε̂)/sqrt(ᾱ_t), t_p = max(t - step_size, 0);
+  the action a = x_{t_p} is sampled ``num_samples`` (K) times per view (K draws of the step
+  noise z from the same x_t; the forward noise ε and t are the SDS branch's, one per view).
+* reward target R(a) (computed without grad on ``predictor.decode`` of):
+  ``x0_pred``: the one-step prediction x̂_0(a) at t_p, from
+      ``x0_from="action_affine"``: x̂_0 = (a - sqrt(1-ᾱ_p) ε̂)/sqrt(ᾱ_p) with the ε̂ already
+      computed at x_t (an affine map of the action, no extra UNet call), or
+      ``x0_from="action_unet"``: the same with ε̂(a, t_p) from another UNet call;
+  ``rollout``: deterministic DDIM (η = 0) from a to x_0 in ``rollout_steps`` steps;
+  ``render``: the render itself (the paper's literal reading). R then does not depend on the
+      action, so E[R ∇ log π] = R E[∇ log π] = 0: the expected gradient is zero. Kept for
+      reproduction; a warning is issued.
+* loss (REINFORCE, Williams 1992; DDPO eq. 5):  L = -mean_i A_i log π(a_i | x_t) , or DDPO's
+  PPO-clipped form. Gradients reach x_0 (hence the renderer) only through x_t in μ.
+
+Which gradient does this estimate? Write G(x_t) = E_{a~π(.|x_t)}[R(a)] with R's own
+dependence on ε̂ frozen (R is a detached number). Then by the score-function identity
+E[R ∇_{x_0} log π] = ∇_{x_0} G(x_t(x_0)) with the derivative taken through the *policy*:
+
+* ``unet_jacobian: false`` — ε̂ is a constant in μ, exactly SDS's approximation (DreamFusion drops
+  ∂ε̂/∂x_t). μ depends on x_t only through x̂_0, ∂μ/∂x_t = sqrt(ᾱ_p/ᾱ_t) I, so the estimate is
+  sqrt(ᾱ_p) / σ_t² · (a - μ) · A: a zeroth-order (evolution-strategy-like) estimate of
+  ∇_{x_0} G with ε̂ frozen; it costs the reward evaluation only (no UNet backward).
+* ``unet_jacobian: true`` — the graph from ε̂ to x_t is kept (the paper's "grad enabled" UNet),
+  estimating the gradient of G through the full policy mean μ(x_t, ε̂(x_t)); one backward
+  through the UNet.
+
+With ``logprob_reduction="mean"`` (DDPO) log π is divided by the dimension count D, so the
+estimate is 1/D of the above. ``num_steps > 1`` continues the chain with further sampled DDIM
+steps (no grad): only the first step's log-prob depends on x_0 (later ones condition on sampled,
+detached actions), so the loss uses that one and the reward of the chain's end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from ddpo3d.diffusion.base import NoisePredictor
+from ddpo3d.diffusion.ddim import ddim_step_with_logprob
+from ddpo3d.diffusion.schedule import gather_alphas
+from ddpo3d.objectives.stat_tracker import PerPromptStatTracker
+from ddpo3d.utils.config import parse_structured
+from ddpo3d.utils.schedule import C
+from ddpo3d.utils.typing import Any, Callable, Dict, Float, Int, List, Optional, Sequence, Tensor, Tuple
+
+TARGETS = ("x0_pred", "rollout", "render")
+X0_FROM = ("action_affine", "action_unet")
+ADVANTAGES = ("per_prompt", "batch", "none")
+
+
+@dataclass
+class DDPO3DConfig:
+    """Options of the DDPO3D policy-gradient objective."""
+
+    weight: Any = 1.0  # multiplies loss_ddpo (schedulable); 0 skips the branch (no reward calls)
+    start_step: int = 0  # global step from which the branch runs
+    target: str = "x0_pred"  # reward target: "x0_pred" | "rollout" | "render" (zero-mean, for reproduction)
+    x0_from: str = "action_affine"  # x0_pred: "action_affine" (reuse ε̂) | "action_unet" (ε̂ at the action)
+    num_samples: int = 1  # K actions (step-noise draws) per view
+    num_steps: int = 1  # denoising steps in the policy rollout before the reward target
+    eta: float = 1.0  # DDIM η > 0 (1 = DDPM posterior variance)
+    step_size: int = 20  # Δt of a policy step in training timesteps (T // 50: DDPO's 50 DDIM steps)
+    rollout_steps: int = 10  # deterministic DDIM steps from the action to x_0 (target "rollout")
+    unet_jacobian: bool = False  # keep ∂ε̂/∂x_t in the policy mean (one UNet backward)
+    guidance_scale: Optional[float] = None  # CFG scale of the policy's ε̂; None = the SDS scale
+    logprob_reduction: str = "mean"  # "mean" over pixel dims (DDPO) | "sum" (true log-density)
+    advantage: str = "per_prompt"  # "per_prompt" (stat tracker) | "batch" (batch z-score) | "none" (raw reward)
+    buffer_size: int = 32  # per-prompt stat tracker: rewards kept per prompt
+    min_count: int = 16  # per-prompt stat tracker: batch stats until a prompt has this many
+    adv_clip_max: Optional[float] = 5.0  # advantages clipped to [-max, max]; None = no clipping
+    ppo_clip_range: Optional[float] = None  # PPO ratio clip ε; None = plain REINFORCE
+
+
+@dataclass
+class DDPO3DOutput:
+    """Result of one DDPO3D evaluation (``B·K`` items, view-major: item i is view i // K).
+
+    Attributes:
+        loss_ddpo: scalar, ``weight ·`` (policy-gradient loss).
+        log_prob: log π(a | x_t) [BK] (with graph to x_0).
+        rewards: [BK] (detached).
+        advantages: [BK] (detached).
+        actions: sampled a [BK, C, h, w].
+        target_x0: model-space reward targets [BK, C, h, w].
+        images: decoded targets [BK, H, W, 3].
+        diagnostics: scalar floats.
+    """
+
+    loss_ddpo: Tensor
+    log_prob: Tensor
+    rewards: Tensor
+    advantages: Tensor
+    actions: Tensor
+    target_x0: Tensor
+    images: Tensor
+    diagnostics: Dict[str, float]
+
+
+def policy_gradient_loss(
+    advantages: Float[Tensor, "N"],
+    log_prob: Float[Tensor, "N"],
+    old_log_prob: Optional[Float[Tensor, "N"]] = None,
+    clip_range: Optional[float] = None,
+) -> Tuple[Tensor, Dict[str, float]]:
+    """REINFORCE or PPO-clipped policy loss (DDPO ``train`` loop; Schulman et al. 2017 eq. 7).
+
+    Without ``clip_range``: ``-mean(A · log π)``. With it: ``mean(max(-A r, -A clip(r, 1-ε, 1+ε)))``,
+    ``r = exp(log π - log π_old)``. When the action was sampled from the current policy (our
+    per-step setting) ``r = 1`` and both have the same gradient ``-A ∇ log π``.
+
+    Args:
+        advantages: A (detached).
+        log_prob: log π with graph.
+        old_log_prob: log π at sampling time; default ``log_prob.detach()``.
+        clip_range: ε, or None.
+
+    Returns:
+        ``(loss, {"approx_kl", "clipfrac", "ratio_mean"})``; ``approx_kl = mean((log r)²)/2``
+        as DDPO logs it.
+    """
+    advantages = advantages.detach()
+    if old_log_prob is None:
+        old_log_prob = log_prob.detach()
+    log_ratio = log_prob - old_log_prob.detach()
+    ratio = torch.exp(log_ratio)
+    with torch.no_grad():
+        approx_kl = float(0.5 * (log_ratio.detach() ** 2).mean())
+        clipfrac = (
+            float(((ratio - 1.0).abs() > clip_range).float().mean()) if clip_range is not None else 0.0
+        )
+        ratio_mean = float(ratio.mean())
+    if clip_range is None:
+        loss = -(advantages * log_prob).mean()
+    else:
+        unclipped = -advantages * ratio
+        clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+        loss = torch.maximum(unclipped, clipped).mean()
+    return loss, {"approx_kl": approx_kl, "clipfrac": clipfrac, "ratio_mean": ratio_mean}
+
+
+def _repeat(x: Any, k: int, batch: int) -> Any:
+    """Repeat a per-view tensor K times along dim 0 (view-major); pass through broadcastable ones."""
+    if x is None or k == 1 or not torch.is_tensor(x):
+        return x
+    if x.shape[0] == batch:
+        return x.repeat_interleave(k, dim=0)
+    return x
+
+
+class DDPO3D:
+    """The DDPO3D policy-gradient objective (see the module docstring for the estimator).
+
+    Args:
+        cfg: dict / DictConfig of :class:`DDPO3DConfig` keys.
+    """
+
+    Config = DDPO3DConfig
+
+    def __init__(self, cfg: Any = None):
+        if isinstance(cfg, DDPO3DConfig):
+            cfg = dataclasses.asdict(cfg)
+        self.cfg = parse_structured(DDPO3DConfig, cfg, where="DDPO3D objective")
+        c = self.cfg
+        for key, value, allowed in (
+            ("target", c.target, TARGETS),
+            ("x0_from", c.x0_from, X0_FROM),
+            ("advantage", c.advantage, ADVANTAGES),
+            ("logprob_reduction", c.logprob_reduction, ("mean", "sum")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"DDPO3D objective: {key}={value!r} is not one of {allowed}")
+        if not c.eta > 0:
+            raise ValueError(f"DDPO3D objective: eta must be > 0 (the policy needs a density), got {c.eta}")
+        for key in ("num_samples", "num_steps", "step_size", "rollout_steps"):
+            if int(c[key]) < 1:
+                raise ValueError(f"DDPO3D objective: {key} must be >= 1, got {c[key]}")
+        if c.target == "render":
+            warnings.warn(
+                "DDPO3D target 'render' scores the render itself: the reward does not depend on the "
+                "sampled action, so the policy gradient has zero mean (pure noise). Kept only to "
+                "reproduce the paper's literal reading; use 'x0_pred' or 'rollout'.",
+                stacklevel=2,
+            )
+        self.tracker = PerPromptStatTracker(c.buffer_size, c.min_count)
+        self.weight = C(c.weight, 0, 0)
+        self.global_step = 0
+
+    def update_step(self, epoch: int, global_step: int) -> None:
+        """Evaluate the weight schedule at this step."""
+        self.weight = C(self.cfg.weight, epoch, global_step)
+        self.global_step = int(global_step)
+
+    @property
+    def active(self) -> bool:
+        """Whether the branch runs at the current step (weight != 0 and past ``start_step``)."""
+        return self.weight != 0.0 and self.global_step >= self.cfg.start_step
+
+    # ------------------------------------------------------------------ pieces
+    def advantages(self, rewards: Float[Tensor, "N"], prompts: Sequence[str]) -> Float[Tensor, "N"]:
+        """Rewards -> advantages (``advantage`` mode), then clipping."""
+        mode = self.cfg.advantage
+        if mode == "per_prompt":
+            adv = self.tracker.update(list(prompts), rewards)
+        elif mode == "batch":
+            adv = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)
+        else:
+            adv = rewards.clone()
+        if self.cfg.adv_clip_max is not None:
+            adv = adv.clamp(-self.cfg.adv_clip_max, self.cfg.adv_clip_max)
+        return adv.detach()
+
+    @torch.no_grad()
+    def _rollout(
+        self,
+        x: Tensor,
+        t: Int[Tensor, "N"],
+        predictor: NoisePredictor,
+        cond: Any,
+        uncond: Any,
+        scale: float,
+    ) -> Tensor:
+        """Deterministic DDIM (η = 0, DDIM eq. 12) from (x, t) to x̂_0 in ``rollout_steps`` steps.
+
+        Timesteps τ_i = round(t (1 - i/n)), i = 0..n; the last ε̂ at τ_n = 0 gives x̂_0.
+        """
+        n = int(self.cfg.rollout_steps)
+        alphas = predictor.alphas_cumprod
+        for i in range(n + 1):
+            tau = torch.round(t.float() * (1.0 - i / n)).long()
+            eps = predictor.predict_eps(x, tau, cond, uncond, scale)
+            ab = gather_alphas(alphas, tau, ndim=x.dim())
+            x0_hat = (x - (1.0 - ab).sqrt() * eps) / ab.sqrt()
+            if i == n:
+                return x0_hat
+            tau_next = torch.round(t.float() * (1.0 - (i + 1) / n)).long()
+            ab_next = gather_alphas(alphas, tau_next, ndim=x.dim())
+            x = ab_next.sqrt() * x0_hat + (1.0 - ab_next).sqrt() * eps
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ the estimator
+    def __call__(
+        self,
+        x0: Float[Tensor, "B C h w"],
+        predictor: NoisePredictor,
+        cond: Any,
+        uncond: Any,
+        prompts: Optional[Sequence[str]],
+        reward: Callable[..., Tensor],
+        t: Int[Tensor, "B"],
+        noise: Float[Tensor, "B C h w"],
+        x_t: Optional[Float[Tensor, "B C h w"]] = None,
+        eps_pred: Optional[Float[Tensor, "B C h w"]] = None,
+        guidance_scale: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> DDPO3DOutput:
+        """Sample K actions per view, score their targets, return the policy-gradient loss.
+
+        Args:
+            x0: model-space render with grad (``predictor.encode(rgb)``).
+            predictor: noise predictor.
+            cond, uncond: conditions.
+            prompts: one per view (for per-prompt advantages and the reward); None = "".
+            reward: ``reward(images BHW3 in [0,1], prompts) -> Float[N]`` (any callable).
+            t: timesteps [B] (the SDS branch's), each >= 1.
+            noise: ε [B, C, h, w] (the SDS branch's).
+            x_t: ``predictor.add_noise(x0, noise, t)`` with graph to x0; built if None.
+            eps_pred: guided ε̂ at x_t (shared forward; with graph to x_t if ``unet_jacobian``);
+                computed if None.
+            guidance_scale: CFG scale for ε̂ calls made here (overridden by ``cfg.guidance_scale``).
+            generator: RNG for the action noise.
+
+        Returns:
+            :class:`DDPO3DOutput`.
+        """
+        c = self.cfg
+        scale = c.guidance_scale if c.guidance_scale is not None else guidance_scale
+        B, K = x0.shape[0], int(c.num_samples)
+        t = t.to(x0.device).long()
+        if (t < 1).any():
+            raise ValueError(f"DDPO3D needs timesteps t >= 1 (got min {int(t.min())}); raise min_step_percent")
+        if x_t is None:
+            x_t = predictor.add_noise(x0, noise, t)
+        if eps_pred is None:
+            with torch.set_grad_enabled(bool(c.unet_jacobian) and torch.is_grad_enabled()):
+                eps_pred = predictor.predict_eps(x_t, t, cond, uncond, scale)
+        if not c.unet_jacobian:
+            eps_pred = eps_pred.detach()  # SDS's approximation: ε̂ is a constant in μ
+
+        prompts = [""] * B if prompts is None else list(prompts)
+        if len(prompts) != B:
+            raise ValueError(f"DDPO3D got {len(prompts)} prompts for a batch of {B} views")
+        prompts_k: List[str] = [p for p in prompts for _ in range(K)]
+        cond_k, uncond_k = _repeat(cond, K, B), _repeat(uncond, K, B)
+        x_t_k = x_t.repeat_interleave(K, 0) if K > 1 else x_t
+        eps_k = eps_pred.repeat_interleave(K, 0) if K > 1 else eps_pred
+        t_k = t.repeat_interleave(K, 0) if K > 1 else t
+        t_prev = (t_k - int(c.step_size)).clamp(min=0)
+
+        # The policy step: π(a | x_t) = N(μ(x_t, ε̂), σ_t² I), log-prob with graph to x_t.
+        step = ddim_step_with_logprob(
+            predictor, eps_k, t_k, x_t_k, float(c.eta), prev_timestep=t_prev,
+            generator=generator, logprob_reduction=c.logprob_reduction,
+        )
+        log_prob = step.log_prob
+        with torch.no_grad():
+            action, t_a, eps_last = step.prev_sample, t_prev, eps_k.detach()
+            for _ in range(int(c.num_steps) - 1):
+                if bool((t_a == 0).any()):
+                    break  # cannot step past t = 0
+                nxt = (t_a - int(c.step_size)).clamp(min=0)
+                eps_last = predictor.predict_eps(action, t_a, cond_k, uncond_k, scale)
+                action = ddim_step_with_logprob(
+                    predictor, eps_last, t_a, action, float(c.eta), prev_timestep=nxt, generator=generator
+                ).prev_sample
+                t_a = nxt
+
+            if c.target == "render":
+                target_x0 = x0.detach().repeat_interleave(K, 0) if K > 1 else x0.detach()
+            elif c.target == "x0_pred":
+                if c.x0_from == "action_unet":
+                    eps_last = predictor.predict_eps(action, t_a, cond_k, uncond_k, scale)
+                ab_a = gather_alphas(predictor.alphas_cumprod, t_a, ndim=action.dim())
+                # x̂_0(a) = (a - sqrt(1-ᾱ_a) ε̂) / sqrt(ᾱ_a)   (DDIM eq. 12, "predicted x_0")
+                target_x0 = (action - (1.0 - ab_a).sqrt() * eps_last) / ab_a.sqrt()
+            else:
+                target_x0 = self._rollout(action, t_a, predictor, cond_k, uncond_k, scale)
+            images = predictor.decode(target_x0)
+            rewards = torch.as_tensor(reward(images, prompts_k)).to(device=x0.device, dtype=torch.float32)
+            rewards = rewards.detach().reshape(-1)
+            if rewards.shape[0] != B * K:
+                raise ValueError(f"reward returned {rewards.shape[0]} scores for {B * K} images")
+            advantages = self.advantages(rewards, prompts_k)
+
+        loss, ppo_stats = policy_gradient_loss(advantages, log_prob, None, c.ppo_clip_range)
+        diagnostics = {
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            "advantage_mean": float(advantages.mean()),
+            "advantage_std": float(advantages.std(unbiased=False)),
+            "logprob": float(log_prob.detach().mean()),
+            "policy_std": float(step.std_dev_t.mean()),
+            "ddpo_weight": float(self.weight),
+            **ppo_stats,
+        }
+        return DDPO3DOutput(
+            loss_ddpo=self.weight * loss,
+            log_prob=log_prob,
+            rewards=rewards,
+            advantages=advantages,
+            actions=action,
+            target_x0=target_x0,
+            images=images,
+            diagnostics=diagnostics,
+        )
