@@ -1,0 +1,1 @@
+from ddpo3d.lite.models.geometry import base, implicit_volume  # noqa: F401
