@@ -221,7 +221,7 @@ def intersect_tiles(
     }
 
 
-def _composite_chunk(px, py, ids, means2d, conics, opac, feats, T_carry, alpha_max):
+def _composite_chunk(px, py, ids, means2d, conics, opac, feats, T_carry, done, alpha_max):
     """Front-to-back compositing of one depth-ordered chunk of Gaussians for many tiles.
 
     Args:
@@ -229,9 +229,11 @@ def _composite_chunk(px, py, ids, means2d, conics, opac, feats, T_carry, alpha_m
         ids: ``[R, B]`` flat Gaussian ids (``-1``: padding).
         means2d, conics, opac, feats: flat ``[C*N, ...]`` attributes.
         T_carry: ``[R, P]`` transmittance in front of this chunk.
+        done: ``[R, P]`` pixels that terminated in an earlier chunk.
 
     Returns:
-        colour ``[R, P, D]``, accumulated weight ``[R, P]`` and the new transmittance.
+        colour ``[R, P, D]``, accumulated weight ``[R, P]``, the new transmittance and
+        the new ``done`` mask.
     """
     pad = ids < 0
     ids_c = ids.clamp_min(0)
@@ -246,13 +248,15 @@ def _composite_chunk(px, py, ids, means2d, conics, opac, feats, T_carry, alpha_m
     alpha = torch.where(ok, alpha, torch.zeros_like(alpha))
     with torch.no_grad():
         # stop at the first Gaussian that would take T to <= 1e-4 (that one is skipped too)
-        keep = T_carry[:, :, None] * torch.cumprod(1.0 - alpha, dim=-1) > TRANSMITTANCE_EPS
+        raw = T_carry[:, :, None] * torch.cumprod(1.0 - alpha, dim=-1)
+        keep = (raw > TRANSMITTANCE_EPS) & ~done[:, :, None]
+        done = done | (raw[..., -1] <= TRANSMITTANCE_EPS)
     alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
     trans = torch.cumprod(1.0 - alpha, dim=-1)  # inclusive
     trans_excl = torch.cat([torch.ones_like(trans[..., :1]), trans[..., :-1]], dim=-1)
     w = alpha * trans_excl * T_carry[:, :, None]  # [R, P, B]
     color = torch.einsum("rpb,rbd->rpd", w, feats[ids_c])
-    return color, w.sum(-1), T_carry * trans[..., -1]
+    return color, w.sum(-1), T_carry * trans[..., -1], done
 
 
 def rasterize_torch(
@@ -345,6 +349,7 @@ def rasterize_torch(
     color_rows = torch.zeros(R, P, D, dtype=dtype, device=device)
     acc_rows = torch.zeros(R, P, dtype=dtype, device=device)
     T_rows = torch.ones(R, P, dtype=dtype, device=device)
+    done = torch.zeros(R, P, dtype=torch.bool, device=device)
     k_max = table.shape[1] if R > 0 else 0
     chunk = max(8, min(k_max, chunk_elements // max(1, R * P))) if k_max > 0 else 0
     counts_list = counts.tolist()
@@ -353,9 +358,11 @@ def rasterize_torch(
         # rows are sorted by count, so the tiles that still have Gaussians form a prefix
         active = sum(1 for c in counts_list if c > k0)
         ids = table[:active, k0 : k0 + chunk]
-        col, acc, T_new = _composite_chunk(
-            px[:active], py[:active], ids, flat_m, flat_c, flat_o, flat_f, T_rows[:active], alpha_max
+        col, acc, T_new, done_new = _composite_chunk(
+            px[:active], py[:active], ids, flat_m, flat_c, flat_o, flat_f, T_rows[:active], done[:active],
+            alpha_max,
         )
+        done = torch.cat([done_new, done[active:]], dim=0)
         color_rows = torch.cat([color_rows[:active] + col, color_rows[active:]], dim=0)
         acc_rows = torch.cat([acc_rows[:active] + acc, acc_rows[active:]], dim=0)
         T_rows = torch.cat([T_new, T_rows[active:]], dim=0)
