@@ -1,0 +1,1 @@
+from ddpo3d.lite.data import uncond  # noqa: F401

@@ -1,5 +1,6 @@
 from ddpo3d.lite.models import (  # noqa: F401
     background,
+    exporters,
     geometry,
     guidance,
     materials,

@@ -1,0 +1,1 @@
+from ddpo3d.lite.systems import base, dreamfusion  # noqa: F401

@@ -1,0 +1,204 @@
+"""Experiment configuration: threestudio's ``ExperimentConfig``, ``load_config`` and OmegaConf
+resolvers, with strict top-level keys and clear errors for bad overrides and missing values.
+
+A config is one YAML file merged with dotted command-line overrides (``key.sub=value``,
+OmegaConf's ``from_cli`` syntax) and resolved (``${rmspace:...}`` and friends).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ddpo3d.utils.config import ConfigError, parse_structured
+from ddpo3d.utils.schedule import C_max
+from ddpo3d.utils.typing import Any, List, Optional, Sequence
+
+
+def _calc_exp_lr_decay_rate(factor: float, n: float) -> float:
+    # per-step decay γ with γ^n = factor
+    return factor ** (1.0 / n)
+
+
+#: threestudio 0.2.3's resolvers (``threestudio/utils/config.py``), same names and meaning
+RESOLVERS = {
+    "calc_exp_lr_decay_rate": _calc_exp_lr_decay_rate,
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+    "idiv": lambda a, b: a // b,
+    "basename": lambda p: os.path.basename(p),
+    "rmspace": lambda s, sub: str(s).replace(" ", sub),
+    "tuple2": lambda s: [float(s), float(s)],
+    "gt0": lambda s: s > 0,
+    "cmaxgt0": lambda s: C_max(s) > 0,
+    "not": lambda s: not s,
+    "cmaxgt0orcmaxgt0": lambda a, b: C_max(a) > 0 or C_max(b) > 0,
+}
+
+
+def register_resolvers() -> None:
+    """Register the resolvers once; names already registered (e.g. by threestudio's own
+    ``utils.config`` when it is imported first) are left alone."""
+    for name, fn in RESOLVERS.items():
+        if OmegaConf.has_resolver(name):
+            continue
+        if hasattr(OmegaConf, "register_resolver"):  # omegaconf >= 2.4 (register_new_resolver deprecated)
+            OmegaConf.register_resolver(name, fn, annotation_validation="off")
+        else:
+            OmegaConf.register_new_resolver(name, fn)
+
+
+@dataclass
+class ExperimentConfig:
+    """Top-level keys of a config file (threestudio's ``ExperimentConfig``).
+
+    ``exp_dir``, ``trial_name``, ``trial_dir`` and ``n_gpus`` are derived, not set by hand:
+    outputs go to ``<exp_root_dir>/<name>/<tag>[@<timestamp>]``.
+    """
+
+    name: str = "default"  # experiment name (folder under exp_root_dir)
+    description: str = ""
+    tag: str = ""  # trial name, usually derived from the prompt
+    seed: int = 0  # global seed (pl.seed_everything)
+    use_timestamp: bool = True  # append @YYYYmmdd-HHMMSS to the trial name
+    timestamp: Optional[str] = None  # set when resuming from a parsed config
+    exp_root_dir: str = "outputs"
+    exp_dir: str = "outputs/default"
+    trial_name: str = "exp"
+    trial_dir: str = "outputs/default/exp"
+    n_gpus: int = 1
+    resume: Optional[str] = None  # checkpoint to resume from (training) or to evaluate
+    data_type: str = ""  # registry name of the data module
+    data: dict = field(default_factory=dict)
+    system_type: str = ""  # registry name of the system
+    system: dict = field(default_factory=dict)
+    trainer: dict = field(default_factory=dict)  # pytorch_lightning.Trainer arguments
+    checkpoint: dict = field(default_factory=dict)  # ModelCheckpoint arguments
+
+
+_KEY = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+)*$")
+
+
+def parse_overrides(cli_args: Sequence[str]) -> DictConfig:
+    """Parse ``key.sub=value`` overrides.
+
+    Raises:
+        ConfigError: naming the malformed override (no ``=``, bad key, unparsable value).
+    """
+    merged = OmegaConf.create({})
+    for arg in cli_args:
+        if "=" not in arg:
+            raise ConfigError(f"Bad override {arg!r}: expected key=value (e.g. system.prompt_processor.prompt=\"a hamburger\")")
+        key = arg.split("=", 1)[0]
+        if not _KEY.match(key):
+            raise ConfigError(f"Bad override {arg!r}: {key!r} is not a dotted key like system.loss.lambda_sds")
+        try:
+            one = OmegaConf.from_cli([arg])
+        except OmegaConfBaseException as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"Bad override {arg!r}: cannot parse the value ({first})") from None
+        except Exception as exc:  # yaml parser errors
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"Bad override {arg!r}: cannot parse the value ({first})") from None
+        merged = OmegaConf.merge(merged, one)
+    return merged
+
+
+def _missing_values(cfg: DictConfig) -> List[str]:
+    missing = []
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        try:
+            if OmegaConf.is_missing(node, leaf):
+                missing.append(key)
+        except Exception:
+            missing.append(key)
+    return missing
+
+
+def load_config(*yamls: str, cli_args: Sequence[str] = (), from_string: bool = False, makedirs: bool = True, **kwargs: Any) -> Any:
+    """Load, merge, resolve and strictly parse an experiment config.
+
+    Args:
+        *yamls: YAML file paths (or YAML strings with ``from_string``), merged in order.
+        cli_args: dotted overrides ``key=value`` merged on top.
+        from_string: treat ``yamls`` as YAML text.
+        makedirs: create ``trial_dir``.
+        **kwargs: extra top-level values merged last (e.g. ``n_gpus``).
+
+    Returns:
+        A structured ``ExperimentConfig``.
+
+    Raises:
+        FileNotFoundError: a YAML file does not exist.
+        ConfigError: bad override, value left as ``???``, unknown top-level key, failed
+            interpolation.
+    """
+    register_resolvers()
+    confs = []
+    for y in yamls:
+        if from_string:
+            confs.append(OmegaConf.create(y))
+            continue
+        if not os.path.isfile(y):
+            raise FileNotFoundError(f"Config file not found: {y}")
+        try:
+            confs.append(OmegaConf.load(y))
+        except Exception as exc:
+            raise ConfigError(f"Cannot parse config file {y}: {str(exc).strip().splitlines()[0]}") from None
+    cfg = OmegaConf.merge(*confs, parse_overrides(cli_args), kwargs)
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError("The config file must contain a mapping at the top level")
+    missing = _missing_values(cfg)
+    if missing:
+        raise ConfigError(
+            "Required config values are missing (??? in the config): "
+            + ", ".join(missing)
+            + f". Set them on the command line, e.g. {missing[0]}=..."
+        )
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"Cannot resolve the config: {str(exc).strip().splitlines()[0]}") from None
+    scfg = parse_structured(ExperimentConfig, cfg, where="the experiment config (top level)")
+    _derive_paths(scfg, makedirs=makedirs)
+    return scfg
+
+
+def _derive_paths(cfg: Any, makedirs: bool) -> None:
+    """threestudio's ``ExperimentConfig.__post_init__``: trial name and folders."""
+    if not cfg.tag and not cfg.use_timestamp:
+        raise ConfigError("Either tag is specified or use_timestamp is True")
+    cfg.trial_name = cfg.tag
+    if cfg.timestamp is None:
+        cfg.timestamp = datetime.now().strftime("@%Y%m%d-%H%M%S") if cfg.use_timestamp else ""
+    cfg.trial_name += cfg.timestamp
+    cfg.exp_dir = os.path.join(cfg.exp_root_dir, cfg.name)
+    cfg.trial_dir = os.path.join(cfg.exp_dir, cfg.trial_name)
+    if makedirs:
+        os.makedirs(cfg.trial_dir, exist_ok=True)
+
+
+def dump_config(path: str, config: Any) -> None:
+    """Write a config as YAML (creating the folder)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as fp:
+        OmegaConf.save(config=config, f=fp)
+
+
+__all__ = [
+    "ExperimentConfig",
+    "RESOLVERS",
+    "dump_config",
+    "load_config",
+    "parse_overrides",
+    "register_resolvers",
+]

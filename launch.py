@@ -1,0 +1,289 @@
+"""Train, validate, test or export a text-to-3D run: threestudio's command line, on threestudio
+when it is importable, else on the built-in runtime (``ddpo3d.lite``).
+
+    python launch.py --config configs/dreamfusion-sd.yaml --train --gpu 0 \
+        system.prompt_processor.prompt="a hamburger"
+
+Overrides are dotted ``key=value`` pairs merged over the YAML (OmegaConf syntax);
+``resume=<ckpt>`` resumes training or picks the checkpoint to evaluate. Every folder under
+``custom/`` with an ``__init__.py`` is imported first (extensions register their classes);
+unlike threestudio, an extension that fails to import stops the run with its name.
+
+Errors (missing file, bad override, unknown key or type, ...) print one ``error: ...``
+line and exit with status 1; ``--verbose`` adds the traceback. ``DDPO3D_HOST=lite`` forces
+the built-in runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class ExtensionImportError(ImportError):
+    """An extension folder under ``custom/`` failed to import."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--config", required=True, help="path to the YAML config")
+    parser.add_argument(
+        "--gpu",
+        default=None,
+        help="GPU(s) to use, e.g. 0 or 1,2 (sets CUDA_VISIBLE_DEVICES unless it is set already); "
+        "ignored with a notice when there is no CUDA device",
+    )
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--train", action="store_true", help="fit, then render the test views")
+    group.add_argument("--validate", action="store_true", help="render the validation views")
+    group.add_argument("--test", action="store_true", help="render the test views and the turntable video")
+    group.add_argument("--export", action="store_true", help="export assets (mesh) with the system's exporter")
+    parser.add_argument("--gradio", action="store_true", help="threestudio's gradio mode (threestudio host only)")
+    parser.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument("--typecheck", action="store_true", help="check jaxtyping annotations at run time (typeguard)")
+    return parser
+
+
+def default_custom_dirs() -> list:
+    """``custom/`` under the working directory, and under this file's folder if different."""
+    dirs = [os.path.abspath("custom"), os.path.join(HERE, "custom")]
+    seen, out = set(), []
+    for d in dirs:
+        if d not in seen and os.path.isdir(d):
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def load_custom_module(module_path: str) -> None:
+    """Import an extension folder (its ``__init__.py``) or a single ``.py`` file under the
+    folder's base name, as threestudio does.
+
+    Raises:
+        ExtensionImportError: naming the extension, chained to the original error.
+    """
+    name = os.path.basename(module_path.rstrip(os.sep))
+    init = module_path
+    if os.path.isdir(module_path):
+        init = os.path.join(module_path, "__init__.py")
+    else:
+        name = os.path.splitext(name)[0]
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == init:
+        return  # already loaded (main() called twice in one process)
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[module_path] if init != module_path else None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ExtensionImportError(f"extension {name!r} ({module_path}) failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+def load_custom_modules(custom_dirs: list) -> list:
+    """Import every extension under the given ``custom`` folders; returns their names.
+
+    Folders ending in ``_disabled``, ``__pycache__``, non-Python files and folders without an
+    ``__init__.py`` are skipped.
+    """
+    loaded = []
+    for root in custom_dirs:
+        for entry in sorted(os.listdir(root)):
+            path = os.path.join(root, entry)
+            if entry == "__pycache__" or entry.startswith(".") or entry.endswith("_disabled"):
+                continue
+            if os.path.isfile(path) and not entry.endswith(".py"):
+                continue
+            if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "__init__.py")):
+                logging.getLogger("ddpo3d").debug(f"custom/{entry}: no __init__.py, not an extension")
+                continue
+            start = time.perf_counter()
+            load_custom_module(path)
+            logging.getLogger("ddpo3d").info(f"Loaded extension {entry} in {time.perf_counter() - start:.1f} s")
+            loaded.append(entry)
+    return loaded
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    for name in ("ddpo3d", "pytorch_lightning", "lightning", "lightning.pytorch"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level if name == "ddpo3d" else (logging.DEBUG if verbose else logging.WARNING))
+    ddpo_logger = logging.getLogger("ddpo3d")
+    if not ddpo_logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+        ddpo_logger.addHandler(handler)
+        ddpo_logger.propagate = False
+
+
+def _select_gpus(gpu: "str | None") -> int:
+    """Set ``CUDA_VISIBLE_DEVICES`` from ``--gpu`` unless already set (threestudio); returns the GPU count."""
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env:
+        return len(env.split(","))
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        return len(gpu.split(","))
+    return 1
+
+
+def _mode(args: argparse.Namespace) -> str:
+    for mode in ("train", "validate", "test", "export"):
+        if getattr(args, mode):
+            return mode
+    raise ValueError("one of --train, --validate, --test, --export is required")
+
+
+def run_lite(args: argparse.Namespace, extras: list, custom_dirs: list, n_gpus: int) -> int:
+    """The built-in runtime's launcher body."""
+    from ddpo3d.lite.experiment import load_config, register_resolvers
+    from ddpo3d.lite.trainer import run_experiment
+
+    register_resolvers()
+    load_custom_modules(custom_dirs)
+    if n_gpus > 1:
+        logging.getLogger("ddpo3d").warning("the built-in runtime trains on one device; using the first of --gpu")
+    cfg = load_config(args.config, cli_args=extras)
+    if args.gradio:
+        logging.getLogger("ddpo3d").warning("--gradio is only supported on the threestudio host; ignoring it")
+    run_experiment(cfg, _mode(args), gpu=args.gpu, config_path=args.config, argv=sys.argv)
+    return 0
+
+
+def run_threestudio(args: argparse.Namespace, extras: list, custom_dirs: list, n_gpus: int) -> int:
+    """threestudio 0.2.3's ``launch.py`` body, unchanged in behaviour except that extensions
+    that fail to import stop the run and Ctrl-C saves ``ckpts/last.ckpt``."""
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning import Trainer
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    import threestudio
+    from threestudio.utils.callbacks import CodeSnapshotCallback, ConfigSnapshotCallback, CustomProgressBar, ProgressCallback
+    from threestudio.utils.config import load_config  # registers threestudio's resolvers first
+    from threestudio.utils.misc import get_rank
+
+    from ddpo3d.lite.experiment import register_resolvers
+    from ddpo3d.lite.utils.callbacks import InterruptCheckpoint
+
+    register_resolvers()  # no-op for names threestudio registered
+    load_custom_modules(custom_dirs)
+    if args.gpu is None:
+        args.gpu = "0"
+    cfg = load_config(args.config, cli_args=extras, n_gpus=n_gpus)
+    pl.seed_everything(cfg.seed + get_rank(), workers=True)
+    dm = threestudio.find(cfg.data_type)(cfg.data)
+    system = threestudio.find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None)
+    system.set_save_dir(os.path.join(cfg.trial_dir, "save"))
+    callbacks = []
+    if args.train:
+        callbacks += [
+            ModelCheckpoint(dirpath=os.path.join(cfg.trial_dir, "ckpts"), **cfg.checkpoint),
+            LearningRateMonitor(logging_interval="step"),
+            CodeSnapshotCallback(os.path.join(cfg.trial_dir, "code"), use_version=False),
+            ConfigSnapshotCallback(args.config, cfg, os.path.join(cfg.trial_dir, "configs"), use_version=False),
+            InterruptCheckpoint(os.path.join(cfg.trial_dir, "ckpts", "last.ckpt")),
+        ]
+        if args.gradio:
+            callbacks += [ProgressCallback(save_path=os.path.join(cfg.trial_dir, "progress"))]
+        else:
+            callbacks += [CustomProgressBar(refresh_rate=1)]
+    loggers = []
+    if args.train:
+        rank_zero_only(lambda: os.makedirs(os.path.join(cfg.trial_dir, "tb_logs"), exist_ok=True))()
+        loggers += [TensorBoardLogger(cfg.trial_dir, name="tb_logs"), CSVLogger(cfg.trial_dir, name="csv_logs")]
+        loggers += system.get_loggers()
+
+        def write_cmd():
+            with open(os.path.join(cfg.trial_dir, "cmd.txt"), "w") as f:
+                f.write("python " + " ".join(sys.argv) + "\n" + str(args) + "\n")
+
+        rank_zero_only(write_cmd)()
+    trainer = Trainer(callbacks=callbacks, logger=loggers, inference_mode=False, accelerator="gpu", devices=-1, **cfg.trainer)
+
+    def set_system_status(ckpt_path):
+        if ckpt_path is None:
+            return
+        ckpt = torch.load(ckpt_path, map_location="cpu")
+        system.set_resume_status(ckpt["epoch"], ckpt["global_step"])
+
+    if args.train:
+        trainer.fit(system, datamodule=dm, ckpt_path=cfg.resume)
+        trainer.test(system, datamodule=dm)
+        if args.gradio:
+            trainer.predict(system, datamodule=dm)
+    elif args.validate:
+        set_system_status(cfg.resume)
+        trainer.validate(system, datamodule=dm, ckpt_path=cfg.resume)
+    elif args.test:
+        set_system_status(cfg.resume)
+        trainer.test(system, datamodule=dm, ckpt_path=cfg.resume)
+    elif args.export:
+        set_system_status(cfg.resume)
+        trainer.predict(system, datamodule=dm, ckpt_path=cfg.resume)
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])
+    else:
+        text = str(exc) or type(exc).__name__
+    if isinstance(exc, ExtensionImportError):
+        return text
+    return text.strip().replace("\n", " ")
+
+
+def main(argv: "list | None" = None, custom_dirs: "list | None" = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run; returns the exit status.
+
+    Args:
+        argv: command-line arguments.
+        custom_dirs: extension roots (default: ``custom/`` in the working directory and
+            next to this file).
+    """
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    unknown_flags = [e for e in extras if e.startswith("--")]
+    if unknown_flags:
+        parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}")
+    _setup_logging(args.verbose)
+    n_gpus = _select_gpus(args.gpu)
+    if args.typecheck:
+        from jaxtyping import install_import_hook
+
+        install_import_hook("ddpo3d", "typeguard.typechecked")
+    custom_dirs = default_custom_dirs() if custom_dirs is None else custom_dirs
+    try:
+        from ddpo3d import host
+
+        if host.HOST == "threestudio":
+            if args.typecheck:
+                from jaxtyping import install_import_hook
+
+                install_import_hook("threestudio", "typeguard.typechecked")
+            return run_threestudio(args, extras, custom_dirs, n_gpus)
+        return run_lite(args, extras, custom_dirs, n_gpus)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line unless --verbose
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
