@@ -317,3 +317,16 @@ def test_mixed_composite_is_not_differentiable(head_file):
     assert not out.scores.requires_grad
     assert out.terms["clip-score"].requires_grad  # the differentiable term keeps its graph
     assert not out.terms["jpeg-incompressibility"].requires_grad
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_torchscript_checkpoint_loads(tmp_path):
+    """OpenAI's original ViT-*.pt files are TorchScript archives; they load too."""
+    path = str(tmp_path / "tiny_jit.pt")
+    torch.jit.script(build_tiny_clip(7)).save(path)
+    images = _images()
+    r = build_reward(
+        {"type": "clip-score", "clip_model": TINY_CLIP_NAME, "clip_pretrained": None, "clip_checkpoint": path}
+    )
+    ref = build_reward({"type": "clip-score", **tiny_clip_options(seed=7)})
+    torch.testing.assert_close(r(images, PROMPTS), ref(images, PROMPTS))

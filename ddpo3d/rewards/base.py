@@ -72,8 +72,7 @@ def validate_inputs(
             f"{images.dtype} (for uint8 images divide by 255: images.float() / 255)"
         )
     with torch.no_grad():
-        lo = images.min().item()
-        hi = images.max().item()
+        lo, hi = torch.stack([images.min(), images.max()]).tolist()  # one device sync
     if not (lo == lo and hi == hi) or lo in (float("inf"), float("-inf")) or hi in (float("inf"), float("-inf")):
         raise ValueError(f"{where}: images contain NaN or infinite values")
     if lo < -tolerance or hi > 1.0 + tolerance:
@@ -183,7 +182,7 @@ class Reward(nn.Module):
             )
         if not self.differentiable:
             scores = scores.detach()
-        return scores
+        return scores.to(images.device)  # scores live where the images do (grad flows through .to)
 
     @property
     def device(self) -> torch.device:

@@ -307,7 +307,13 @@ def _load_checkpoint(model: nn.Module, path: str) -> None:
         raise ValueError(f"Could not read CLIP checkpoint {path}: {first_error}") from first_error
     for key in ("input_resolution", "context_length", "vocab_size"):
         state.pop(key, None)
-    model.load_state_dict(state, strict=True)
+    # TorchScript archives also hold non-persistent buffers (e.g. the causal ``attn_mask``)
+    buffers = {name for name, _ in model.named_buffers()}
+    state = {k: v for k, v in state.items() if k not in buffers or k in model.state_dict()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"CLIP checkpoint {path} does not fit the configured model: {exc}") from exc
 
 
 def load_clip(cfg: Any, where: str = "CLIP") -> ClipBackbone:
