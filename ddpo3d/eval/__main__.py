@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     try:
         rewards = {name: build_reward(block).to(args.device) for name, block in blocks.items()}
         rows = score_runs(args.runs, rewards, prompt=args.prompt, batch_size=args.batch_size, device=args.device)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, KeyError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(to_markdown(rows))
