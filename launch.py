@@ -266,6 +266,8 @@ def main(argv: "list | None" = None, custom_dirs: "list | None" = None) -> int:
         install_import_hook("ddpo3d", "typeguard.typechecked")
     custom_dirs = default_custom_dirs() if custom_dirs is None else custom_dirs
     try:
+        if not os.path.isfile(args.config):  # before importing extensions: fail fast
+            raise FileNotFoundError(f"Config file not found: {args.config}")
         from ddpo3d import host
 
         if host.HOST == "threestudio":

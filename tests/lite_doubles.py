@@ -124,6 +124,7 @@ class PromptProcessor(BaseObject):
     @dataclass
     class Config(BaseObject.Config):
         prompt: str = "a sphere"
+        pretrained_model_name_or_path: str = ""  # accepted so stock configs can swap this double in
 
     def __call__(self):
         return {"prompt": self.cfg.prompt}
@@ -140,6 +141,11 @@ class MSEGuidance(BaseObject):
         return_extra_loss: bool = False
         interrupt_at_step: int = -1
         guidance_scale: float = 1.0
+        # accepted so stock configs can swap this double in
+        pretrained_model_name_or_path: str = ""
+        weighting_strategy: str = "sds"
+        min_step_percent: float = 0.02
+        max_step_percent: float = 0.98
 
     def configure(self) -> None:
         self.global_step = 0

@@ -168,7 +168,7 @@ def test_train_through_main_with_an_extension(tmp_path, capsys, monkeypatch):
 
 def test_command_line_exit_status_and_single_error_line(tmp_path):
     env = dict(os.environ, DDPO3D_HOST="lite", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config", str(tmp_path / "missing.yaml"), "--test"],
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config", str(tmp_path / "missing.yaml"), "--test", "--typecheck"],
                           capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: Config file not found")
