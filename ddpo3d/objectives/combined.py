@@ -135,7 +135,7 @@ class RewardGuidedSDS:
                 eps_policy = cfg_combine(eps_c, eps_u, scale)
                 res = policy(
                     x0, predictor, cond, uncond, prompts, reward, t=t, noise=noise, x_t=x_t,
-                    eps_pred=eps_policy, guidance_scale=scale, generator=generator,
+                    eps_pred=eps_policy, guidance_scale=scale, generator=generator, images=images,
                 )
                 out["loss_ddpo"] = res.loss_ddpo
                 out.update(res.diagnostics)

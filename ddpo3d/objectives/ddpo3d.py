@@ -264,6 +264,7 @@ class DDPO3D:
         eps_pred: Optional[Float[Tensor, "B C h w"]] = None,
         guidance_scale: float = 0.0,
         generator: Optional[torch.Generator] = None,
+        images: Optional[Float[Tensor, "B H W 3"]] = None,
     ) -> DDPO3DOutput:
         """Sample K actions per view, score their targets, return the policy-gradient loss.
 
@@ -280,6 +281,8 @@ class DDPO3D:
                 computed if None.
             guidance_scale: CFG scale for ε̂ calls made here (overridden by ``cfg.guidance_scale``).
             generator: RNG for the action noise.
+            images: the renders behind ``x0``; the ``render`` target scores them directly
+                (otherwise it scores ``predictor.decode(x0)``).
 
         Returns:
             :class:`DDPO3DOutput`.
@@ -336,7 +339,10 @@ class DDPO3D:
                 target_x0 = (action - (1.0 - ab_a).sqrt() * eps_last) / ab_a.sqrt()
             else:
                 target_x0 = self._rollout(action, t_a, predictor, cond_k, uncond_k, scale)
-            images = predictor.decode(target_x0)
+            if c.target == "render" and images is not None:
+                images = images.detach().repeat_interleave(K, 0) if K > 1 else images.detach()
+            else:
+                images = predictor.decode(target_x0)
             rewards = torch.as_tensor(reward(images, prompts_k)).to(device=x0.device, dtype=torch.float32)
             rewards = rewards.detach().reshape(-1)
             if rewards.shape[0] != B * K:

@@ -1,0 +1,314 @@
+"""Benchmark of the alignment objectives (issue 3).
+
+1. Cost: one full step (render leaf -> encode -> objective -> backward) of ``sds``, ``ddpo3d``
+   (each target, unet_jacobian false / true) and ``reward-backprop`` with a tiny Stable Diffusion
+   UNet (attention only at the lowest level) at 64x64 latents, B=4; time per step (median of
+   interleaved rounds) and peak memory, each as a ratio to ``sds`` measured in the same process.
+2. Variance: on the analytic prior, the cosine between one step's DDPO3D estimate and the exact
+   gradient of its target, for K = 1, 2, 4, 8 samples per view.
+
+Prints Markdown tables; the last two lines are exactly
+
+    ddpo3d-full-jacobian/sds step-time ratio: <float>
+    ddpo3d/sds step-time ratio: <float>
+
+(the second: unet_jacobian false, target x0_pred, K=1, JPEG reward). Targets: <= 2.5, <= 1.3.
+
+Usage::
+
+    python benchmarks/objectives.py                      # tiny random SD on CPU
+    python benchmarks/objectives.py --device cuda --sd-path /path/to/stable-diffusion-v1-5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from ddpo3d.diffusion import AnalyticGaussianPrior, UNetNoisePredictor  # noqa: E402
+from ddpo3d.objectives import DDPO3D, RewardGuidedSDS  # noqa: E402
+
+
+# ---------------------------------------------------------------------------- rewards
+def jpeg_reward():
+    """The project's JPEG-compressibility reward, or a local stand-in if rewards are missing."""
+    try:
+        from ddpo3d.rewards import build_reward
+
+        return build_reward({"type": "jpeg-compressibility"}), "ddpo3d.rewards jpeg-compressibility"
+    except Exception as exc:  # pragma: no cover - only when the rewards package is absent
+        import io
+
+        from PIL import Image
+
+        def reward(images, prompts):
+            out = []
+            for im in (images.detach().clamp(0, 1) * 255).round().byte().cpu().numpy():
+                buf = io.BytesIO()
+                Image.fromarray(im).save(buf, format="JPEG", quality=95)
+                out.append(-buf.tell() / 1000.0)
+            return torch.tensor(out)
+
+        reward.differentiable = False
+        reward.name = "jpeg-local"
+        return reward, f"local JPEG size (ddpo3d.rewards unavailable: {exc})"
+
+
+class ConvReward(torch.nn.Module):
+    """Differentiable stand-in reward (fixed random conv + pooling) for reward-backprop timing."""
+
+    differentiable = True
+    name = "conv-standin"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.SiLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 1),
+        )
+
+    def forward(self, images, prompts):
+        return self.net(images.permute(0, 3, 1, 2)).flatten()
+
+
+# ---------------------------------------------------------------------------- models
+def tiny_sd(device, latent):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=latent, in_channels=4, out_channels=4, block_out_channels=(4, 8), layers_per_block=1,
+        norm_num_groups=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8, attention_head_dim=2,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(4, 8), latent_channels=4,
+        norm_num_groups=2, sample_size=2 * latent,
+    )
+    sch = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                        clip_sample=False, set_alpha_to_one=False)
+    for m in (unet, vae):
+        m.to(device).eval().requires_grad_(False)
+    pred = UNetNoisePredictor(unet, vae, sch.alphas_cumprod, weights_dtype=torch.float32, sample_latents=False)
+    emb = torch.randn(2, 77, 8, device=device)
+    return pred, emb[:1], emb[1:], 2 * latent, "tiny random SD UNet (4,8) + VAE [4,8]"
+
+
+def real_sd(path, device, dtype):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, torch_dtype=dtype,
+                                                   safety_checker=None, requires_safety_checker=False)
+    pipe.to(device)
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        m.eval().requires_grad_(False)
+    pred = UNetNoisePredictor(pipe.unet, pipe.vae, pipe.scheduler.alphas_cumprod,
+                              prediction_type=pipe.scheduler.config.prediction_type, weights_dtype=dtype,
+                              resolution=512, sample_latents=False)
+    with torch.no_grad():
+        ids = pipe.tokenizer(["a photo of a hamburger", ""], padding="max_length",
+                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+        emb = pipe.text_encoder(ids.to(device))[0].float()
+    return pred, emb[:1], emb[1:], 512, f"Stable Diffusion from {path}"
+
+
+# ---------------------------------------------------------------------------- memory
+class PeakMemory:
+    """Memory of one step.
+
+    ``saved_mb``: bytes of the distinct storages autograd saves for backward during the forward
+    (the activation memory a method adds; deterministic, any device). ``peak_mb``: CUDA allocator
+    peak above the step's start (CUDA only; CPU has no allocator statistics).
+    """
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.peak_mb = float("nan")
+
+    def __enter__(self):
+        self.seen, self.total = set(), 0
+
+        def pack(t):
+            try:
+                storage = t.untyped_storage()
+                key = (storage.data_ptr(), storage.nbytes())
+                if key not in self.seen:
+                    self.seen.add(key)
+                    self.total += storage.nbytes()
+            except (RuntimeError, NotImplementedError):
+                pass
+            return t
+
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self.hooks.__enter__()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc):
+        self.hooks.__exit__(*exc)
+        self.saved_mb = self.total / 2**20
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
+
+
+# ---------------------------------------------------------------------------- part 1: cost
+METHODS = [
+    ("sds", {"type": "none"}, "jpeg"),
+    ("ddpo3d x0_pred affine K=1 (jacobian false)", {"type": "ddpo3d"}, "jpeg"),
+    ("ddpo3d x0_pred affine K=1 (jacobian true)", {"type": "ddpo3d", "unet_jacobian": True}, "jpeg"),
+    ("ddpo3d x0_pred action_unet K=1", {"type": "ddpo3d", "x0_from": "action_unet"}, "jpeg"),
+    ("ddpo3d x0_pred affine K=4", {"type": "ddpo3d", "num_samples": 4}, "jpeg"),
+    ("ddpo3d rollout (5 DDIM steps) K=1", {"type": "ddpo3d", "target": "rollout", "rollout_steps": 5}, "jpeg"),
+    ("ddpo3d render K=1", {"type": "ddpo3d", "target": "render"}, "jpeg"),
+    ("reward-backprop", {"type": "reward-backprop"}, "conv"),
+]
+
+
+def bench_cost(args, device):
+    if args.sd_path:
+        dtype = torch.float16 if args.half else torch.float32
+        pred, cond1, uncond1, res, what = real_sd(args.sd_path, device, dtype)
+    else:
+        pred, cond1, uncond1, res, what = tiny_sd(device, args.latent)
+    B = args.batch
+    cond, uncond = cond1.expand(B, -1, -1), uncond1.expand(B, -1, -1)
+    jpeg, jpeg_what = jpeg_reward()
+    conv = ConvReward().to(device)
+    prompts = ["a photo of a hamburger"] * B
+    import warnings
+
+    objs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, block, _ in METHODS:
+            objs[name] = RewardGuidedSDS({"guidance_scale": 100.0, "objective": block})
+    gen = torch.Generator(device=device).manual_seed(0)
+    render = torch.rand(B, res, res, 3, device=device, generator=gen)
+
+    def step(name, reward):
+        images = render.clone().requires_grad_(True)  # stands in for the renderer's output
+        out = objs[name](images, pred, cond, uncond, prompts, reward, generator=gen)
+        loss = sum(v for k, v in out.items() if k.startswith("loss_"))
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    times = {name: [] for name, _, _ in METHODS}
+    mems = {}
+    rewards = {"jpeg": jpeg, "conv": conv}
+    for name, _, r in METHODS:  # warm-up (and memory, measured once per method)
+        step(name, rewards[r])
+        with PeakMemory(device) as pm:
+            step(name, rewards[r])
+        mems[name] = (pm.saved_mb, pm.peak_mb)
+    for _ in range(args.rounds):  # interleaved rounds: drift on a shared CPU hits all methods alike
+        for name, _, r in METHODS:
+            t0 = time.perf_counter()
+            step(name, rewards[r])
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return med, mems, what, jpeg_what, res
+
+
+# ---------------------------------------------------------------------------- part 2: variance
+def bench_cosine(args):
+    """Cosine of one step's estimate (B=4 views, D=3x16x16) with the exact target gradient.
+
+    Gaussian prior, linear reward on the decoded x̂0, unet_jacobian false: the target (with ε̂
+    frozen) has gradient ∂R/∂x0 = w/2 per view for every t and ε (x̂0(μ) = x0 exactly), so the
+    exact direction is known in closed form.
+    """
+    torch.manual_seed(0)
+    prior = AnalyticGaussianPrior(sigma_data=0.3, clamp_decode=False)
+    B, shape = 4, (3, 16, 16)
+    cond = 0.5 * torch.randn(1, 1, *shape)
+    uncond = torch.cat([cond, 0.5 * torch.randn(1, 1, *shape)], 1)
+    w = torch.randn(16, 16, 3)
+
+    def reward(images, prompts):
+        return ((images - 0.5) * w).flatten(1).sum(1)
+
+    reward.differentiable = True
+    exact = (w.permute(2, 0, 1) / 2).flatten().repeat(B)
+    rows = []
+    for K in (1, 2, 4, 8):
+        res = {}
+        for adv in ("none", "batch"):
+            cos = []
+            for trial in range(args.cosine_trials):
+                obj = DDPO3D({"num_samples": K, "advantage": adv, "adv_clip_max": None})
+                x0 = (0.3 * torch.randn(B, *shape)).requires_grad_(True)
+                t = torch.randint(20, 981, (B,))
+                out = obj(x0, prior, cond.expand(B, -1, -1, -1, -1), uncond.expand(B, -1, -1, -1, -1),
+                          None, reward, t, torch.randn(B, *shape), guidance_scale=7.5)
+                (g,) = torch.autograd.grad(out.loss_ddpo, x0)
+                cos.append(float(torch.nn.functional.cosine_similarity(-g.flatten(), exact, dim=0)))
+            res[adv] = (statistics.mean(cos), statistics.stdev(cos))
+        rows.append((K, res))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--sd-path", default=None, help="local Stable Diffusion folder (diffusers layout)")
+    ap.add_argument("--half", action="store_true", help="fp16 weights with --sd-path")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--latent", type=int, default=64, help="latent size of the tiny model")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--cosine-trials", type=int, default=50)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    med, mems, what, jpeg_what, res = bench_cost(args, device)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"## Objective step cost ({what}, B={args.batch}, render {res}x{res}, device {device}, "
+          f"{args.threads} thread(s), median of {args.rounds} interleaved rounds)\n")
+    if device.type == "cpu":
+        print(f"CPU shared with other processes: 1-min load average {load:.1f} on {os.cpu_count()} cores. "
+              "Timings on a loaded CPU are noisy (about ±30 %).\n")
+    print("Memory: 'saved' = distinct storages autograd keeps for backward during the step (activation "
+          "memory, deterministic); 'peak' = CUDA allocator peak (n/a on CPU).\n")
+    print(f"JPEG reward: {jpeg_what}. reward-backprop uses a differentiable conv stand-in reward.\n")
+    print("| method | step time (ms) | time ratio to sds | saved for backward (MB) | saved ratio | peak (MB) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    base_t, base_m = med["sds"], max(mems["sds"][0], 1e-9)
+    for name, _, _ in METHODS:
+        saved, peak = mems[name]
+        peak_s = "n/a" if peak != peak else f"{peak:.1f}"
+        print(f"| {name} | {med[name] * 1000:.1f} | {med[name] / base_t:.2f} | {saved:.1f} | "
+              f"{saved / base_m:.2f} | {peak_s} |")
+
+    rows = bench_cosine(args)
+    print(f"\n## Cosine(one step's estimate, exact gradient), analytic prior, B=4, D=3x16x16, "
+          f"x0_pred, unet_jacobian false, mean ± sd over {args.cosine_trials} steps\n")
+    print("| K | cosine, raw reward | cosine, batch-normalised advantage |")
+    print("|---:|---:|---:|")
+    for K, res_k in rows:
+        print(f"| {K} | {res_k['none'][0]:.3f} ± {res_k['none'][1]:.3f} | "
+              f"{res_k['batch'][0]:.3f} ± {res_k['batch'][1]:.3f} |")
+    print()
+    print(f"ddpo3d-full-jacobian/sds step-time ratio: "
+          f"{med['ddpo3d x0_pred affine K=1 (jacobian true)'] / base_t:.3f}")
+    print(f"ddpo3d/sds step-time ratio: {med['ddpo3d x0_pred affine K=1 (jacobian false)'] / base_t:.3f}")
+
+
+if __name__ == "__main__":
+    main()
