@@ -147,6 +147,9 @@ class ImplicitVolume(BaseImplicitGeometry):
                 output.update({"normal": normal, "shading_normal": normal})
         finally:
             torch.set_grad_enabled(grad_enabled)
+        if not grad_enabled:
+            # analytic normals switched grad on locally; hand back plain tensors
+            output = {k: v.detach() for k, v in output.items()}
         return output
 
     def _normal(self, points_unscaled: Tensor, density: Tensor, enc: Tensor, grad_enabled: bool) -> Tensor:
