@@ -98,7 +98,7 @@ def bench(n: int, res: int, method: str, reps: int, device: str):
 
     t_fb = timed(fwd_bwd, reps, device)
     rgb, alpha, meta = run()
-    return t_fwd, t_fb, meta.get("n_isects"), float(alpha.mean())
+    return t_fwd, t_fb, meta.get("n_isects"), float(alpha.detach().mean())
 
 
 def main() -> None:

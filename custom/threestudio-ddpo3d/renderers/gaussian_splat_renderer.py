@@ -31,7 +31,7 @@ from ddpo3d.gaussians.projection import (
     intrinsics_from_fovy,
     opengl_c2w_to_viewmats,
 )
-from ddpo3d.gaussians.rasterize import rasterize
+from ddpo3d.gaussians.rasterize import rasterize, resolve_backend
 from ddpo3d.host import BaseModule, register, warn
 from ddpo3d.utils.typing import Any, Dict, Float, Optional, Tensor
 
@@ -49,7 +49,7 @@ class GaussianSplatRenderer(BaseModule):
         far_plane: float = 1e10  # cull Gaussians farther than this
         eps2d: float = 0.3  # screen-space dilation (px^2), 3DGS low-pass filter
         alpha_max: float = 0.999  # per-Gaussian alpha clamp (torch backend; gsplat fixes 0.999)
-        chunk_elements: int = 2097152  # torch backend memory knob (pixel-Gaussian pairs per chunk)
+        chunk_elements: int = 262144  # torch backend memory/speed knob (pixel-Gaussian pairs per chunk)
 
     cfg: Config
 
@@ -153,11 +153,12 @@ class GaussianSplatRenderer(BaseModule):
             near_plane=self.cfg.near_plane, far_plane=self.cfg.far_plane, eps2d=self.cfg.eps2d,
             sh_degree=attrs["sh_degree"], render_mode="RGB+D",
         )
-        if self.cfg.backend != "gsplat" and not attrs["means"].is_cuda:
+        backend = resolve_backend(self.cfg.backend, attrs["means"].device)
+        if backend == "torch":
             kwargs.update(alpha_max=self.cfg.alpha_max, chunk_elements=self.cfg.chunk_elements)
         render, alpha, meta = rasterize(
             attrs["means"], attrs["quats"], attrs["scales"], attrs["opacities"], attrs["colors"],
-            viewmats, Ks, width, height, backend=self.cfg.backend, tile_size=self.cfg.tile_size, **kwargs,
+            viewmats, Ks, width, height, backend=backend, tile_size=self.cfg.tile_size, **kwargs,
         )
         comp_rgb_fg, depth = render[..., :3], render[..., 3:4]
 
