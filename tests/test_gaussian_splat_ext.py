@@ -394,3 +394,13 @@ def test_fitting_a_target_render_raises_psnr():
         opt.step()
         psnrs.append(_psnr(out["comp_rgb"].detach(), target).item())
     assert psnrs[-1] > psnrs[0] + 4.0, (psnrs[0], psnrs[-1])
+
+
+def test_bind_lightning_optimizer_wrapper():
+    pl_opt = pytest.importorskip("pytorch_lightning.core.optimizer")
+    geo = Geometry({"num_points": 10, "position_lr_init": 1e-3, "position_lr_final": 1e-5,
+                    "position_lr_max_steps": 10})
+    opt = torch.optim.Adam(geo.optimizer_param_groups())
+    geo.bind_optimizer(pl_opt.LightningOptimizer(opt))  # the wrapper is dropped right away
+    geo.do_update_step(0, 10)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)

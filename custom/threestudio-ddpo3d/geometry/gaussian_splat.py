@@ -268,6 +268,8 @@ class GaussianSplatGeometry(BaseModule):
     def bind_optimizer(self, optimizer: Optional[torch.optim.Optimizer]) -> None:
         """Remember ``optimizer`` (weakly): ``update_step`` then writes the decayed position
         lr into it, and ``densify_and_prune`` uses it when called without one."""
+        # a Lightning ``LightningOptimizer`` wrapper may be short-lived: keep the real optimizer
+        optimizer = getattr(optimizer, "_optimizer", optimizer)
         self._optimizer_ref = None if optimizer is None else weakref.ref(optimizer)
 
     def _bound_optimizer(self) -> Optional[torch.optim.Optimizer]:
