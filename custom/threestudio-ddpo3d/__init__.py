@@ -5,4 +5,4 @@ registers itself through :mod:`ddpo3d.host`, which is threestudio when it is ins
 the built-in runtime otherwise. Targets threestudio 0.2.3.
 """
 
-from . import geometry, guidance, renderers, systems  # noqa: F401
+from . import geometry, guidance, prompt_processors, renderers, systems  # noqa: F401

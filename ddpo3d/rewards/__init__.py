@@ -5,7 +5,7 @@
 >>> reward.name, reward.differentiable
 ('jpeg-compressibility', False)
 
-Registered types: ``aesthetic``, ``clip-score``, ``jpeg-compressibility``,
+Registered types: ``aesthetic``, ``brightness``, ``clip-score``, ``jpeg-compressibility``,
 ``jpeg-incompressibility``, ``python``. A list of blocks builds a weighted sum
 (:class:`CompositeReward`). Importing this package is cheap: open_clip and weights are only
 touched when a CLIP-based reward is built.
@@ -22,7 +22,7 @@ from ddpo3d.rewards.registry import (
 from ddpo3d.rewards.composite import CompositeReward
 
 # Each module registers its reward type(s) on import.
-from ddpo3d.rewards import aesthetic, clip_score, jpeg, python_fn  # noqa: F401,E402
+from ddpo3d.rewards import aesthetic, brightness, clip_score, jpeg, python_fn  # noqa: F401,E402
 from ddpo3d.rewards.python_fn import RewardTargetImportError  # noqa: E402
 from ddpo3d.weights import WeightsNotFoundError  # noqa: E402
 

@@ -1,0 +1,1 @@
+from . import ddpo3d_system  # noqa: F401

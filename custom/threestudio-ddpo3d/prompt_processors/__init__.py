@@ -1,0 +1,1 @@
+from . import toy_prompt_processor  # noqa: F401
