@@ -33,18 +33,27 @@ sys.path.insert(0, ROOT)
 
 
 class _Clock:
+    """Per-stage wall-clock and process-CPU seconds (CPU time is less affected by other
+    processes sharing the machine)."""
+
     def __init__(self) -> None:
         self.times: dict = {}
+        self.cpu: dict = {}
 
-    def add(self, key: str, seconds: float) -> None:
+    def add(self, key: str, seconds: float, cpu_seconds: float) -> None:
         self.times.setdefault(key, []).append(seconds)
+        self.cpu.setdefault(key, []).append(cpu_seconds)
+
+
+def _now():
+    return time.perf_counter(), time.process_time()
 
 
 def _timed_forward(clock: _Clock, key: str, fn):
     def wrapper(*args, **kwargs):
-        start = time.perf_counter()
+        w, c = _now()
         out = fn(*args, **kwargs)
-        clock.add(key, time.perf_counter() - start)
+        clock.add(key, time.perf_counter() - w, time.process_time() - c)
         return out
 
     return wrapper
@@ -56,9 +65,9 @@ def _time_guidance_calls(clock: _Clock, obj) -> None:
     call = cls.__call__
 
     def __call__(self, *args, **kwargs):
-        start = time.perf_counter()
+        w, c = _now()
         out = call(self, *args, **kwargs)
-        clock.add("guidance", time.perf_counter() - start)
+        clock.add("guidance", time.perf_counter() - w, time.process_time() - c)
         return out
 
     obj.__class__ = type(f"Timed{cls.__name__}", (cls,), {"__call__": __call__})
@@ -117,25 +126,25 @@ def main() -> None:
         dm.train_dataset.update_step(0, i)
         batch = dm.train_dataset.collate({})
         optimizer.zero_grad(set_to_none=True)
-        start = time.perf_counter()
         n_render, n_guid = len(clock.times.get("render", [])), len(clock.times.get("guidance", []))
+        t0 = _now()
         loss = system.training_step(batch, i)["loss"]
-        total_fwd = time.perf_counter() - start
-        t0 = time.perf_counter()
+        t1 = _now()
         loss.backward()
-        t1 = time.perf_counter()
+        t2 = _now()
         optimizer.step()
-        t2 = time.perf_counter()
-        render = sum(clock.times["render"][n_render:])
-        guid = sum(clock.times["guidance"][n_guid:])
+        t3 = _now()
         if record:
-            clock.add("losses", total_fwd - render - guid)
-            clock.add("backward", t1 - t0)
-            clock.add("optimizer", t2 - t1)
-            clock.add("total", total_fwd + (t2 - t0))
+            for j, store in ((0, clock.times), (1, clock.cpu)):
+                inner = sum(store["render"][n_render:]) + sum(store["guidance"][n_guid:])
+                store.setdefault("losses", []).append(t1[j] - t0[j] - inner)
+                store.setdefault("backward", []).append(t2[j] - t1[j])
+                store.setdefault("optimizer", []).append(t3[j] - t2[j])
+                store.setdefault("total", []).append(t3[j] - t0[j])
         else:  # drop the warm-up's forward timings
-            clock.times["render"] = clock.times["render"][:n_render]
-            clock.times["guidance"] = clock.times["guidance"][:n_guid]
+            for store in (clock.times, clock.cpu):
+                store["render"] = store["render"][:n_render]
+                store["guidance"] = store["guidance"][:n_guid]
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite loss at step {i}: {loss.item()}")
 
@@ -144,15 +153,16 @@ def main() -> None:
         step(i, record=True)
 
     total = statistics.median(clock.times["total"])
+    total_cpu = statistics.median(clock.cpu["total"])
     print(f"One dreamfusion-sd training step on the built-in runtime (CPU, {args.threads} thread(s), "
           f"{args.res}x{args.res}, batch 1, {args.samples} samples/ray, tiny offline SD pipeline; "
           f"median of {args.steps} steps)\n")
-    print("| stage | median ms | share of step |")
-    print("|---|---:|---:|")
+    print("| stage | wall ms (median) | process CPU ms (median) | share of CPU |")
+    print("|---|---:|---:|---:|")
     for key in ("render", "guidance", "losses", "backward", "optimizer"):
-        t = statistics.median(clock.times[key])
-        print(f"| {key} | {t * 1000:.1f} | {t / total * 100:.0f}% |")
-    print(f"| **total** | **{total * 1000:.1f}** | 100% |")
+        t, c = statistics.median(clock.times[key]), statistics.median(clock.cpu[key])
+        print(f"| {key} | {t * 1000:.1f} | {c * 1000:.1f} | {c / total_cpu * 100:.0f}% |")
+    print(f"| **total** | **{total * 1000:.1f}** | **{total_cpu * 1000:.1f}** | 100% |")
 
 
 if __name__ == "__main__":
