@@ -140,7 +140,7 @@ def test_reward_backprop_loss_and_errors():
     rb.update_step(0, 5)
     img = torch.rand(2, 4, 4, 3, requires_grad=True)
     loss, stats = rb(img, ["a", "b"], Diff())
-    assert float(loss) == pytest.approx(-1.0 * float(img.mean()), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(-1.0 * float(img.detach().mean()), rel=1e-5)
     loss.backward()
     assert torch.allclose(img.grad, torch.full_like(img, -1.0 / 48 / 2))
     with pytest.raises(ValueError, match="differentiable"):
@@ -220,6 +220,12 @@ def test_num_steps_and_rollout_shapes_and_reward_count_check():
         k = cfg.get("num_samples", 1)
         assert out.log_prob.shape == (2 * k,) and out.images.shape == (2 * k, 4, 4, 3)
         assert out.target_x0.shape == (2 * k, 3, 4, 4)
+    with pytest.warns(UserWarning, match="zero mean"):
+        render = DDPO3D({"target": "render", "num_samples": 2, "advantage": "none"})
+    imgs = torch.rand(2, 4, 4, 3)
+    out = render(x0, prior, cond, uncond, None, red_reward, t, torch.randn(2, 3, 4, 4), images=imgs)
+    assert torch.equal(out.images, imgs.repeat_interleave(2, 0))  # the render itself, no decode
+    assert torch.allclose(out.rewards, red_reward(imgs, None).repeat_interleave(2))
     bad = DDPO3D({})
     with pytest.raises(ValueError, match="scores for"):
         bad(x0, prior, cond, uncond, None, lambda im, p: torch.zeros(1), t, torch.randn(2, 3, 4, 4))
