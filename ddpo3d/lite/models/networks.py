@@ -157,27 +157,23 @@ class HashGrid(nn.Module):
         self.register_buffer("strides", strides, persistent=False)
         self.register_buffer("primes", torch.tensor(_PRIMES[:in_channels], dtype=torch.long), persistent=False)
 
-    def _corner_index_weights(self, x: Float[Tensor, "N D"]):
-        """Table rows ``[N, L, 2^D]`` and d-linear weights ``[N, L, 2^D]`` of the cell corners.
+    def _corner_index(self, x: Float[Tensor, "N D"], n_levels: int):
+        """Table rows ``[N, L', 2^D]`` of the cell corners and the fractional positions
+        ``[N, L', D]`` for the first ``n_levels`` levels.
 
         Per axis the two candidate coordinates ``floor(p_d)`` and ``floor(p_d) + 1`` are
-        turned into their hash term ``(c_d * pi_d) mod 2^32`` / dense term ``c_d * R^d`` and
-        weights ``1 - f_d`` / ``f_d`` once; the ``2^D`` corners are then formed by broadcasting
-        (xor for the hash, sum for the dense index, product for the weights).
+        turned into their hash term ``(c_d * pi_d) mod 2^32`` / dense term ``c_d * R^d`` once;
+        the ``2^D`` corners are then formed by broadcasting (xor for the hash, sum for the
+        dense index), corner axes ordered ``(x0, x1, ...)``.
         """
-        n, D, L = x.shape[0], self.n_input_dims, self.n_levels
-        pos = x.float()[:, None, :] * self.scales[None, :, None] + 0.5  # [N, L, D]
+        n, D, L = x.shape[0], self.n_input_dims, n_levels
+        pos = x.float()[:, None, :] * self.scales[None, :L, None] + 0.5  # [N, L, D]
         base = torch.floor(pos)
         frac = pos - base  # differentiable in x (analytic normals need it)
         base = base.long()
         c2 = torch.stack([base, base + 1], -1)  # [N, L, D, 2]
-        wd = torch.stack([1.0 - frac, frac], -1)  # [N, L, D, 2]
-        w = wd[:, :, 0]
-        for d in range(1, D):
-            w = w[..., None] * wd[:, :, d].view(n, L, *([1] * d), 2)
-        w = w.reshape(n, L, -1)
         parts = []
-        nd = self.n_dense_levels
+        nd = min(self.n_dense_levels, L)
         if nd > 0:  # coarse levels: dense row-major index (mod the table size, as tcnn)
             dp = c2[:, :nd] * self.strides[:nd, :, None]
             dense = dp[:, :, 0]
@@ -189,9 +185,25 @@ class HashGrid(nn.Module):
             h = hp[:, :, 0]
             for d in range(1, D):
                 h = h[..., None] ^ hp[:, :, d].view(n, L - nd, *([1] * d), 2)
-            parts.append(h.reshape(n, L - nd, -1) & (self.level_sizes[nd:, None] - 1))
+            parts.append(h.reshape(n, L - nd, -1) & (self.level_sizes[nd:L, None] - 1))
         idx = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-        return idx + self.level_offsets[:, None], w
+        return idx + self.level_offsets[:L, None], frac
+
+    def encode_levels(self, x: Float[Tensor, "N D"], n_levels: int) -> Float[Tensor, "N Lp F"]:
+        """Features of the first ``n_levels`` levels, ``[N, n_levels, n_features_per_level]``.
+
+        The d-linear blend is done as ``D`` successive linear interpolations (last axis first),
+        ``f0 + f_d (f1 - f0)``, which equals ``sum_c prod_d w_{c,d} T[c]`` with fewer operations.
+        """
+        n, D = x.shape[0], self.n_input_dims
+        idx, frac = self._corner_index(x, n_levels)
+        feats = _gather_rows(self.params, idx)  # [N, L', 2^D, F]
+        feats = feats.view(n, n_levels, *([2] * D), self.n_features_per_level)
+        for d in reversed(range(D)):
+            t = frac[:, :, d].view(n, n_levels, *([1] * d), 1)
+            f0, f1 = feats.unbind(-2)
+            feats = f0 + t * (f1 - f0)
+        return feats
 
     def forward(self, x: Float[Tensor, "N D"]) -> Float[Tensor, "N F"]:
         """Encode points in ``[0, 1]^D`` (values outside are extrapolated on the border cells).
@@ -202,11 +214,7 @@ class HashGrid(nn.Module):
         Returns:
             Features ``[N, n_levels * n_features_per_level]`` in the input's dtype.
         """
-        n = x.shape[0]
-        idx, w = self._corner_index_weights(x)
-        feats = _gather_rows(self.params, idx)  # [N, L, 2^D, F]
-        out = torch.matmul(w[..., None, :], feats)  # [N, L, 1, F]
-        return out.reshape(n, self.n_output_dims).to(x.dtype)
+        return self.encode_levels(x, self.n_levels).reshape(x.shape[0], self.n_output_dims).to(x.dtype)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -254,7 +262,16 @@ class ProgressiveBandHashGrid(HashGrid, Updateable):
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x: Float[Tensor, "N D"]) -> Float[Tensor, "N F"]:
-        return super().forward(x) * self.mask.to(x.dtype)
+        # levels past current_level are masked to 0 (value and gradient), so they are not
+        # computed at all: exact, and the early steps of training are much cheaper
+        n_active = min(max(int(self.current_level), 0), self.n_levels)
+        if n_active == 0:
+            return x.new_zeros(x.shape[0], self.n_output_dims) + 0.0 * self.params.sum()
+        active = self.encode_levels(x, n_active).reshape(x.shape[0], -1)
+        active = active * self.mask[: active.shape[1]].to(active.dtype)
+        if n_active < self.n_levels:
+            active = torch.cat([active, active.new_zeros(x.shape[0], self.n_output_dims - active.shape[1])], -1)
+        return active.to(x.dtype)
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         current_level = min(
