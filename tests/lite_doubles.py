@@ -150,6 +150,7 @@ class MSEGuidance(BaseObject):
     def configure(self) -> None:
         self.global_step = 0
         self.calls = 0
+        self.shapes = []
 
     def update_step(self, epoch, global_step, on_load_weights=False):
         self.global_step = global_step
@@ -158,6 +159,7 @@ class MSEGuidance(BaseObject):
         if self.cfg.interrupt_at_step >= 0 and self.global_step >= self.cfg.interrupt_at_step:
             raise KeyboardInterrupt
         self.calls += 1
+        self.shapes.append(tuple(rgb.shape))
         target = torch.tensor(list(self.cfg.target), dtype=rgb.dtype)
         out = {"loss_sds": ((rgb - target) ** 2).mean(), "grad_norm": torch.tensor(1.0), "prompt_len": len(prompt_utils["prompt"])}
         if self.cfg.return_extra_loss:

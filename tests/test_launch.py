@@ -164,6 +164,7 @@ def test_train_through_main_with_an_extension(tmp_path, capsys, monkeypatch):
     assert (trial / "save" / "it2-test.mp4").is_file()
     if not __import__("torch").cuda.is_available():
         assert "--gpu 0 ignored" in err
+        assert "precision '16-mixed' needs CUDA; running in 32-true on CPU" in err
 
 
 def test_command_line_exit_status_and_single_error_line(tmp_path):

@@ -87,6 +87,15 @@ def test_training_moves_the_parameters_and_updates_every_step(trained):
     assert groups == {"geometry": 0.05, "background": 0.01}
 
 
+def test_resolution_milestones_apply_during_training(tmp_path):
+    """The data module follows update_step; as in threestudio, Lightning collates a batch two
+    steps ahead, so a milestone at step m shows from step m + 2."""
+    cfg = _cfg(tmp_path, max_steps=5, overrides=["data.width=[8,16]", "data.height=[8,12]", "data.batch_size=[2,1]",
+                                                 "data.resolution_milestones=[2]", "trainer.val_check_interval=100"])
+    system = run_experiment(cfg, "train")["system"]
+    assert system.guidance.shapes == [(2, 8, 8, 3)] * 4 + [(1, 12, 16, 3)]
+
+
 def test_missing_lambda_for_a_returned_loss_is_a_clear_error(tmp_path):
     cfg = _cfg(tmp_path, max_steps=1, guidance={"return_extra_loss": True})
     with pytest.raises(ConfigError, match="lambda_extra"):

@@ -5,6 +5,9 @@ batches come from an endless ``IterableDataset`` whose resolution / batch size f
 ``resolution_milestones`` (updated through ``update_step``), validation and test batches
 from a fixed turntable at ``eval_elevation_deg`` / ``eval_camera_distance``.
 
+Lightning collates training batches ahead of the step that uses them (as under
+threestudio), so a milestone at step ``m`` shows in the batches of step ``m + 2`` on.
+
 Spherical convention (threestudio's): right-handed, +z up; elevation in degrees above the
 xy-plane, azimuth in degrees from +x towards +y.
 """
