@@ -157,7 +157,7 @@ class DeepFloydGuidance(BaseObject):
         self.max_step = int(self.num_train_timesteps * max_step_percent)
 
     def forward_unet(
-        self, latents: Float[Tensor, "..."], t: Float[Tensor, "..."], encoder_hidden_states: Float[Tensor, "..."]
+        self, latents: Float[Tensor, "..."], t: Tensor, encoder_hidden_states: Float[Tensor, "..."]
     ) -> Float[Tensor, "B 6 h w"]:
         """``unet(x, t, text)`` in the weights' dtype, returned in the input's dtype (6 channels
         for IF: ε and the variance interpolation)."""
