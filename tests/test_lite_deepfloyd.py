@@ -253,3 +253,27 @@ def test_predictor_wraps_guidance_in_pixel_mode(guidance):
     assert isinstance(pred, UNetNoisePredictor) and not pred.latent_mode
     rgb = torch.rand(1, 32, 32, 3)
     torch.testing.assert_close(pred.encode(rgb), rgb.permute(0, 3, 1, 2) * 2 - 1)
+
+
+# ---------------------------------------------------------------- real weights (skipped here)
+def _have_if_weights() -> bool:
+    from ddpo3d.lite.models.prompt_processors.base import resolve_pretrained
+
+    try:
+        resolve_pretrained("DeepFloyd/IF-I-XL-v1.0", "IF-I-XL", required_file=os.path.join("unet", "config.json"))
+        return True
+    except WeightsNotFoundError:
+        return False
+
+
+@pytest.mark.weights
+@pytest.mark.skipif(not _have_if_weights(), reason="DeepFloyd/IF-I-XL-v1.0 not in the Hugging Face cache")
+def test_real_if_guidance_one_step(cache_dir):
+    pp = DeepFloydPromptProcessor({"prompt": "a hamburger", "spawn": False})
+    g = DeepFloydGuidance({})
+    assert g.resolution == 64 and g.unet.config.out_channels == 6
+    rgb = torch.rand(1, 64, 64, 3, device=g.device, requires_grad=True)
+    out = g(rgb, pp(), **{k: v[:1].to(g.device) for k, v in CAMS.items()})
+    out["loss_sds"].backward()
+    assert torch.isfinite(out["loss_sds"]) and torch.isfinite(rgb.grad).all()
+    assert pp.text_embeddings.shape == (1, 77, 4096)
