@@ -404,3 +404,28 @@ def test_bind_lightning_optimizer_wrapper():
     geo.bind_optimizer(pl_opt.LightningOptimizer(opt))  # the wrapper is dropped right away
     geo.do_update_step(0, 10)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
+def test_renders_runtime_datamodule_batches():
+    """Train and turntable batches of the runtime's random-camera-datamodule: a Gaussian
+    placed on the batch's own ray for a pixel lights up that pixel."""
+    if host.HOST != "lite":
+        pytest.skip("uses the built-in runtime's datamodule")
+    uncond = pytest.importorskip("ddpo3d.lite.data.uncond")
+    dm = uncond.RandomCameraDataModule({"batch_size": 2, "width": 20, "height": 16, "eval_width": 24,
+                                        "eval_height": 18, "n_val_views": 2, "n_test_views": 3,
+                                        "camera_perturb": 0.1, "center_perturb": 0.1, "up_perturb": 0.05})
+    dm.setup()
+    train = dm.train_dataset.collate(None)
+    test = next(iter(dm.test_dataloader()))
+    geo, ren = make({"num_points": 1, "init_scale": 0.003, "init_opacity": 0.9}, background=False)
+    ren.eval()
+    for batch in (train, test):
+        B, H, W = batch["rays_d"].shape[:3]
+        v, u = H // 3, (2 * W) // 3
+        with torch.no_grad():
+            geo.means.copy_(batch["rays_o"][0, v, u] + 1.5 * F.normalize(batch["rays_d"][0, v, u], dim=-1))
+            out = ren(**batch)
+        assert out["comp_rgb"].shape == (B, H, W, 3)
+        op = out["opacity"][0, ..., 0]
+        assert divmod(int(op.argmax()), W) == (v, u)
