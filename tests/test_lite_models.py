@@ -290,7 +290,7 @@ def camera_rays(h=8, w=8, dist=3.0, spread=0.4):
 
 
 def test_renderer_training_outputs_and_gradients():
-    renderer, geo = make_renderer()
+    renderer, geo = make_renderer(grid_prune=False)
     rays_o, rays_d = camera_rays()
     out = renderer(rays_o, rays_d, torch.tensor([[0.0, 0.0, 3.0]]))
     for key in ("comp_rgb", "comp_rgb_fg", "comp_rgb_bg"):
@@ -327,6 +327,37 @@ def test_renderer_miss_shows_background_and_constant_density_matches_closed_form
     t = torch.linspace(0, 1.5, 33)[None]
     w, trans, _ = render_weights_from_density(t[:, :-1], t[:, 1:], torch.full((1, 32), 0.8))
     torch.testing.assert_close(w.sum(), torch.tensor(1 - math.exp(-0.8 * 1.5)))
+
+
+def test_pruned_rendering_matches_dense_rendering():
+    """Occupancy grid + alpha threshold drop most samples but hardly change the image."""
+    from ddpo3d.lite.models.renderers.occupancy_grid import OccupancyGrid
+
+    renderer, geo = make_renderer(n_samples=48, randomized=False)
+    dense = NeRFVolumeRenderer({"radius": 2.0, "num_samples_per_ray": 48, "grid_prune": False, "randomized": False},
+                               geo, renderer.material, renderer.background)
+    renderer.train()
+    renderer.do_update_step(0, 0)  # warm-up update: every cell evaluated
+    occupied = renderer.occupancy.binaries.float().mean()
+    assert 0 < occupied < 0.2  # the blob fills a small part of the box
+    rays_o, rays_d = camera_rays(8, 8)
+    light = torch.tensor([[0.0, 0.0, 3.0]])
+    out_p = renderer(rays_o, rays_d, light, shading="albedo")
+    out_d = dense(rays_o, rays_d, light, shading="albedo")
+    assert out_p["weights"].shape[0] < out_d["weights"].shape[0] / 3
+    torch.testing.assert_close(out_p["opacity"], out_d["opacity"], atol=0.03, rtol=0)
+    torch.testing.assert_close(out_p["comp_rgb"], out_d["comp_rgb"], atol=0.03, rtol=0)
+    per_ray = torch.zeros(64).index_add(0, out_p["ray_indices"], out_p["weights"][:, 0])
+    torch.testing.assert_close(per_ray, out_p["opacity"].reshape(-1), atol=1e-5, rtol=1e-5)
+    out_p["comp_rgb"].sum().backward()
+    assert geo.encoding.encoding.params.grad.abs().sum() > 0
+    # an empty scene keeps one dummy sample instead of empty tensors
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=4)
+    grid.update_every_n_steps(0, lambda x: torch.zeros(x.shape[0], 1))
+    assert not grid.binaries.any()
+    renderer.occupancy = grid
+    out_e = renderer(rays_o, rays_d, light)
+    assert out_e["weights"].shape == (1, 1) and out_e["opacity"].abs().max() == 0
 
 
 def test_renderer_eval_chunks_agree_and_return_comp_normal():

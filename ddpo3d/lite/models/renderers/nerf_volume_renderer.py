@@ -12,6 +12,7 @@ from ddpo3d.lite.models.background.base import BaseBackground
 from ddpo3d.lite.models.geometry.base import BaseImplicitGeometry
 from ddpo3d.lite.models.materials.base import BaseMaterial
 from ddpo3d.lite.models.renderers.base import VolumeRenderer
+from ddpo3d.lite.models.renderers.occupancy_grid import OccupancyGrid
 from ddpo3d.lite.models.renderers.volume_rendering import (
     accumulate,
     ray_segments,
@@ -32,11 +33,13 @@ class NeRFVolumeRenderer(VolumeRenderer):
 
     * ``occgrid`` (threestudio's default): ``num_samples_per_ray`` stratified samples on the
       part of each ray inside the box ``[-radius, radius]^3`` (and ``[near_plane,
-      far_plane]``). nerfacc marches with a fixed step ``1.732 * 2 * radius /
-      num_samples_per_ray`` and skips cells an occupancy grid marks empty
-      (``grid_prune``); here every ray gets exactly ``num_samples_per_ray`` samples and no
-      cell is skipped. Skipped cells hold (almost) no density, so images agree; the cost is
-      more samples. ``grid_prune`` / ``prune_alpha_threshold`` are accepted and logged.
+      far_plane]``); nerfacc instead marches with a fixed step ``1.732 * 2 * radius /
+      num_samples_per_ray``. With ``grid_prune`` a 32^3 occupancy grid (nerfacc's update
+      rule: every 16 steps, EMA 0.95, threshold 0.01, all cells for the first 256 steps)
+      drops samples in empty cells, and ``prune_alpha_threshold`` drops samples with alpha
+      < 0.01 or transmittance < 1e-4 (a no-grad density pass); only the kept samples go
+      through geometry and material with gradients. Unlike nerfacc's, the grid starts
+      all-occupied, so a model that never trained still renders.
     * ``importance``: ``num_samples_per_ray_importance`` stratified samples evaluated without
       gradient, then ``num_samples_per_ray`` intervals drawn from their weight PDF (NeRF
       hierarchical sampling), as nerfacc's ``ImportanceEstimator``.
@@ -46,8 +49,8 @@ class NeRFVolumeRenderer(VolumeRenderer):
     ``opacity``, ``depth``, ``z_variance`` as ``[B, H, W, C]``; in training also the packed
     per-sample tensors ``weights [N, 1]``, ``t_points [N, 1]``, ``t_intervals [N, 1]``,
     ``t_dirs [N, 3]``, ``ray_indices [N]``, ``points [N, 3]`` and the geometry outputs
-    (``density``, ``features``, ``normal``, ``shading_normal``) with ``N = B*H*W *
-    num_samples_per_ray`` (sample ``k`` of ray ``r`` at row ``r * Ns + k``), plus
+    (``density``, ``features``, ``normal``, ``shading_normal``) for the ``N`` kept samples
+    in ray-major order (``N = B*H*W * num_samples_per_ray`` without pruning), plus
     ``comp_normal`` (``return_comp_normal``) and ``normal_perturb``
     (``return_normal_perturb``). In evaluation rays are rendered in chunks of about
     ``eval_chunk_size`` samples and ``comp_normal`` is returned whenever normals exist.
@@ -86,11 +89,9 @@ class NeRFVolumeRenderer(VolumeRenderer):
             )
         if self.cfg.num_samples_per_ray < 1:
             raise ValueError(f"num_samples_per_ray must be >= 1, got {self.cfg.num_samples_per_ray}")
-        if self.cfg.estimator == "occgrid" and self.cfg.grid_prune:
-            threestudio.info(
-                "nerf-volume-renderer: grid_prune is accepted but the built-in runtime has no occupancy "
-                f"grid; every ray gets {self.cfg.num_samples_per_ray} samples inside the box"
-            )
+        # nerfacc's marching step, used for the occupancy grid's alpha estimate
+        self.render_step_size = 1.732 * 2 * self.cfg.radius / self.cfg.num_samples_per_ray
+        self.occupancy = OccupancyGrid(self.bbox, resolution=32)
         self.randomized = self.cfg.randomized
 
     # ------------------------------------------------------------------ sampling
@@ -112,6 +113,31 @@ class NeRFVolumeRenderer(VolumeRenderer):
         t_starts, t_ends = edges[:, :-1], edges[:, 1:]
         return t_starts, t_ends, (t_starts + t_ends) / 2.0
 
+    # ------------------------------------------------------------------ pruning
+    def _keep_mask(self, positions: Tensor, t_starts: Tensor, t_ends: Tensor) -> Optional[Tensor]:
+        """Samples worth evaluating with gradients (``None``: all of them).
+
+        occgrid + ``grid_prune``: drop samples in cells the occupancy grid marks empty; with
+        ``prune_alpha_threshold`` also drop samples whose alpha (no-grad density) is below
+        0.01 and those behind transmittance 1e-4 (nerfacc's ``alpha_thre`` and
+        ``early_stop_eps``). A dropped sample counts as zero density.
+        """
+        if self.cfg.estimator != "occgrid" or not self.cfg.grid_prune:
+            return None
+        n_rays, ns = t_starts.shape
+        keep = self.occupancy.query(positions).reshape(n_rays, ns)
+        if self.cfg.prune_alpha_threshold and keep.any():
+            with torch.no_grad():
+                sigma = torch.zeros(n_rays, ns, device=positions.device, dtype=positions.dtype)
+                flat = keep.reshape(-1)
+                sigma.view(-1)[flat] = self.geometry.forward_density(positions.reshape(-1, 3)[flat])[..., 0].to(sigma)
+                _, trans, alphas = render_weights_from_density(t_starts, t_ends, sigma)
+                keep = keep & (alphas >= 0.01) & (trans >= 1e-4)
+        if not keep.any():
+            keep = keep.clone()
+            keep[0, 0] = True  # keep one (empty) sample so downstream tensors are never empty
+        return keep
+
     # ------------------------------------------------------------------ one set of rays
     def _render_rays(
         self,
@@ -123,39 +149,72 @@ class NeRFVolumeRenderer(VolumeRenderer):
         n_rays = rays_o.shape[0]
         t_starts, t_ends, t_pos = self._sample(rays_o, rays_d)
         ns = t_pos.shape[1]
-        positions = (rays_o[:, None, :] + rays_d[:, None, :] * t_pos[..., None]).reshape(-1, 3)
-        t_dirs = rays_d[:, None, :].expand(-1, ns, -1).reshape(-1, 3)
-        t_light = light_positions[:, None, :].expand(-1, ns, -1).reshape(-1, 3)
+        positions_all = rays_o[:, None, :] + rays_d[:, None, :] * t_pos[..., None]  # [Nr, Ns, 3]
+        keep = self._keep_mask(positions_all, t_starts, t_ends)
+        if keep is None:
+            flat_idx = None
+            positions = positions_all.reshape(-1, 3)
+            ray_indices = torch.arange(n_rays, device=rays_o.device).repeat_interleave(ns)
+        else:
+            flat_idx = keep.reshape(-1).nonzero(as_tuple=True)[0]  # packed samples, ray-major order
+            positions = positions_all.reshape(-1, 3)[flat_idx]
+            ray_indices = flat_idx // ns
+        t_dirs = rays_d[ray_indices]
+        t_light = light_positions[ray_indices]
         geo_out = self.geometry(positions, output_normal=self.material.requires_normal)
         rgb_fg_all = self.material(
             viewdirs=t_dirs, positions=positions, light_positions=t_light, **geo_out, **kwargs
         )
-        weights, _, _ = render_weights_from_density(t_starts, t_ends, geo_out["density"].reshape(n_rays, ns))
+
+        def dense(values: Tensor) -> Tensor:
+            """Packed per-sample values -> [Nr, Ns, C], zeros at dropped samples."""
+            if flat_idx is None:
+                return values.reshape(n_rays, ns, -1)
+            out = values.new_zeros(n_rays * ns, values.shape[-1])
+            return out.index_copy(0, flat_idx, values).reshape(n_rays, ns, -1)
+
+        weights, _, _ = render_weights_from_density(t_starts, t_ends, dense(geo_out["density"])[..., 0])
         opacity = accumulate(weights)
         depth = accumulate(weights, t_pos[..., None])
-        comp_rgb_fg = accumulate(weights, rgb_fg_all.reshape(n_rays, ns, -1))
+        comp_rgb_fg = accumulate(weights, dense(rgb_fg_all))
         # z-variance of the normalised weights (HiFA, Zhu et al. 2023, Eq. 8), kept where opaque
         w_norm = weights / opacity.clamp(min=1e-5)
         z_mean = accumulate(w_norm, t_pos[..., None])
         z_var = accumulate(w_norm, (t_pos[..., None] - z_mean[:, None, :]) ** 2)
         z_variance = z_var * (opacity > 0.5).float()
+
+        def packed(values: Tensor) -> Tensor:
+            """[Nr, Ns, ...] -> packed [N, ...] in the same order as ``ray_indices``."""
+            values = values.reshape(n_rays * ns, *values.shape[2:])
+            return values if flat_idx is None else values[flat_idx]
+
         out = {
             "comp_rgb_fg": comp_rgb_fg,
             "opacity": opacity,
             "depth": depth,
             "z_variance": z_variance,
-            "_weights": weights,
-            "_t_starts": t_starts,
-            "_t_ends": t_ends,
-            "_t_pos": t_pos,
+            "_weights": packed(weights)[..., None],
+            "_t_points": packed(t_pos)[..., None],
+            "_t_intervals": packed(t_ends - t_starts)[..., None],
+            "_ray_indices": ray_indices,
             "_positions": positions,
             "_t_dirs": t_dirs,
             "_geo_out": geo_out,
         }
         if "normal" in geo_out:
-            comp_normal = F.normalize(accumulate(weights, geo_out["normal"].reshape(n_rays, ns, 3)), dim=-1)
+            comp_normal = F.normalize(accumulate(weights, dense(geo_out["normal"])), dim=-1)
             out["comp_normal"] = (comp_normal + 1.0) / 2.0 * opacity  # for visualisation
         return out
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        if self.cfg.estimator == "occgrid" and self.cfg.grid_prune and self.training and not on_load_weights:
+            step_size = self.render_step_size
+
+            def occ_eval_fn(x: Tensor) -> Tensor:
+                # alpha ~ sigma * step for small sigma * step (first-order Taylor of 1 - exp)
+                return self.geometry.forward_density(x) * step_size
+
+            self.occupancy.update_every_n_steps(global_step, occ_eval_fn)
 
     def forward(
         self,
@@ -223,15 +282,14 @@ class NeRFVolumeRenderer(VolumeRenderer):
             "z_variance": res["z_variance"].view(batch_size, height, width, 1),
         }
         if self.training:
-            ns = res["_t_pos"].shape[1]
             geo_out = res["_geo_out"]
             out.update(
                 {
-                    "weights": res["_weights"].reshape(-1, 1),
-                    "t_points": res["_t_pos"].reshape(-1, 1),
-                    "t_intervals": (res["_t_ends"] - res["_t_starts"]).reshape(-1, 1),
+                    "weights": res["_weights"],
+                    "t_points": res["_t_points"],
+                    "t_intervals": res["_t_intervals"],
                     "t_dirs": res["_t_dirs"],
-                    "ray_indices": torch.arange(n_rays, device=rays_o.device).repeat_interleave(ns),
+                    "ray_indices": res["_ray_indices"],
                     "points": res["_positions"],
                     **geo_out,
                 }
