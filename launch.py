@@ -112,16 +112,17 @@ def load_custom_modules(custom_dirs: list) -> list:
 
 
 def _setup_logging(verbose: bool) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
-    for name in ("ddpo3d", "pytorch_lightning", "lightning", "lightning.pytorch"):
-        logger = logging.getLogger(name)
-        logger.setLevel(level if name == "ddpo3d" else (logging.DEBUG if verbose else logging.WARNING))
+    """Runtime messages as ``[LEVEL] message`` on stderr; ``--verbose`` turns on DEBUG for the
+    runtime and Lightning (threestudio's behaviour)."""
     ddpo_logger = logging.getLogger("ddpo3d")
+    ddpo_logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not ddpo_logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
         ddpo_logger.addHandler(handler)
         ddpo_logger.propagate = False
+    if verbose:
+        logging.getLogger("pytorch_lightning").setLevel(logging.DEBUG)
 
 
 def _select_gpus(gpu: "str | None") -> int:

@@ -137,3 +137,9 @@ def test_unknown_light_strategy_is_an_error():
 def test_bad_size_type_is_an_error():
     with pytest.raises(ConfigError, match="width"):
         RandomCameraDataModule({"width": "big"})
+
+
+@pytest.mark.parametrize("value", [[1.0], [2.0, 1.0], [1, 2, 3]])
+def test_malformed_ranges_are_an_error(value):
+    with pytest.raises(ConfigError, match="camera_distance_range"):
+        RandomCameraDataModule({"camera_distance_range": value})
