@@ -180,3 +180,24 @@ def test_test_mode_reports_the_checkpoint_step(trained, tmp_path):
 def test_registry_lists_runtime_components():
     for name in ("dreamfusion-system", "random-camera-datamodule", "mesh-exporter", "dummy-exporter"):
         assert lite.find(name) is not None
+
+
+def test_resume_training_continues_from_the_checkpoint(trained, tmp_path):
+    cfg, _ = trained
+    ckpt = os.path.join(cfg.trial_dir, "ckpts", "last.ckpt")
+    rcfg = _cfg(tmp_path, max_steps=5, overrides=[f"resume={ckpt}", "data.n_test_views=1"])
+    system = run_experiment(rcfg, "train")["system"]
+    assert system.global_step == 5
+    assert system.guidance.calls == 2  # steps 3 and 4 only
+    assert system.geometry.steps_seen[0] == 3
+
+
+def test_weights_initialise_the_system(trained, tmp_path):
+    cfg, result = trained
+    ckpt = os.path.join(cfg.trial_dir, "ckpts", "last.ckpt")
+    system_cls = lite.find("dreamfusion-system")
+    system = system_cls(lite_doubles.system_config(weights=ckpt, weights_ignore_modules=["background"]))
+    trained_color = result["system"].geometry.color.detach()
+    assert torch.allclose(system.geometry.color.detach(), trained_color)
+    assert torch.allclose(system.background.env_color.detach(), torch.ones(3))  # ignored module keeps its init
+    assert system.geometry.steps_seen == [3]  # do_update_step(on_load_weights=True) at the checkpoint's step
