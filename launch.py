@@ -179,9 +179,10 @@ def run_threestudio(args: argparse.Namespace, extras: list, custom_dirs: list, n
     from ddpo3d.lite.utils.callbacks import InterruptCheckpoint
 
     register_resolvers()  # no-op for names threestudio registered
-    load_custom_modules(custom_dirs)
-    if args.gpu is None:
+    if args.gpu is None:  # threestudio's default: the first GPU
         args.gpu = "0"
+        n_gpus = _select_gpus(args.gpu)
+    load_custom_modules(custom_dirs)
     cfg = load_config(args.config, cli_args=extras, n_gpus=n_gpus)
     pl.seed_everything(cfg.seed + get_rank(), workers=True)
     dm = threestudio.find(cfg.data_type)(cfg.data)
