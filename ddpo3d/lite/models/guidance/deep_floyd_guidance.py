@@ -27,19 +27,12 @@ import torch.nn.functional as F
 
 import ddpo3d.lite as threestudio
 from ddpo3d.diffusion import UNetNoisePredictor
+from ddpo3d.lite.models.guidance.stable_diffusion_guidance import _dtype_kwarg
 from ddpo3d.lite.models.prompt_processors.base import PromptProcessorOutput, resolve_pretrained
 from ddpo3d.lite.utils.base import BaseObject
 from ddpo3d.lite.utils.misc import C, cleanup
 from ddpo3d.objectives.sds import SDS, WEIGHTINGS
 from ddpo3d.utils.typing import Any, Dict, Float, Int, Optional, Tensor
-
-
-def _dtype_kwarg(dtype: torch.dtype) -> Dict[str, Any]:
-    """``dtype=`` for diffusers versions that read it (and deprecate ``torch_dtype``), else
-    ``torch_dtype=``."""
-    from diffusers.pipelines import pipeline_utils
-
-    return {"dtype": dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": dtype}
 
 
 @threestudio.register("deep-floyd-guidance")
