@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from ddpo3d.lite import register
 from ddpo3d.lite.systems.dreamfusion import DreamFusion
 from ddpo3d.utils.config import ConfigError
-from ddpo3d.utils.typing import Any, Dict
 
 #: loss weights threestudio's coarse Magic3D reads unconditionally
 COARSE_LAMBDAS = ("lambda_orient", "lambda_sparsity", "lambda_opaque")
