@@ -122,6 +122,28 @@ def test_progressive_band_hash_grid_masks_fine_levels():
     assert enc.encoding.current_level == 4
 
 
+def test_progressive_grid_equals_masked_full_grid():
+    """Skipping the masked levels is exact: same values and gradients as grid(x) * mask."""
+    cfg = dict(SMALL_GRID, otype="ProgressiveBandHashGrid", start_level=2, start_step=0, update_steps=100)
+    prog = get_encoding(3, cfg).encoding
+    full = HashGrid(3, SMALL_GRID)
+    with torch.no_grad():
+        prog.params.uniform_(-1, 1)
+        full.params.copy_(prog.params)
+    x = torch.rand(32, 3)
+    a = prog(x)
+    b = full(x) * prog.mask
+    torch.testing.assert_close(a, b)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    torch.testing.assert_close(prog.params.grad, full.params.grad)
+    freq = get_encoding(2, {"otype": "Frequency", "n_frequencies": 3})
+    y = freq(torch.tensor([[0.25, 0.5]]))
+    # tcnn layout: per input dim, per frequency k: sin(2^k pi x), cos(2^k pi x)
+    torch.testing.assert_close(y[0, :2], torch.tensor([math.sin(math.pi / 4), math.cos(math.pi / 4)]))
+    torch.testing.assert_close(y[0, 6:8], torch.tensor([math.sin(math.pi / 2), math.cos(math.pi / 2)]), atol=1e-6, rtol=0)
+
+
 def test_progressive_band_frequency_mask_and_layout():
     enc = ProgressiveBandFrequency(3, {"n_frequencies": 4, "n_masking_step": 100})
     assert enc.n_output_dims == 3 * 2 * 4
