@@ -59,3 +59,17 @@ def test_eval_cli_errors_are_one_line(tmp_path, capsys):
     _make_run(tmp_path / "run")
     assert main([str(tmp_path / "run"), "--metrics", "nope"]) == 2
     assert "unknown metric 'nope'" in capsys.readouterr().err
+
+
+def test_rgb_views_preferred_and_grids_cropped(tmp_path):
+    from ddpo3d.eval.score import load_views
+
+    _make_run(tmp_path, steps=(10,))
+    rgb_dir = tmp_path / "save" / "it10-test-rgb"
+    rgb_dir.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(rgb_dir / "0.png")
+    assert [v.parent.name for v in find_views(tmp_path)] == ["it10-test-rgb"]
+    grid = np.concatenate([np.full((8, 8, 3), 200, np.uint8), np.zeros((8, 8, 3), np.uint8)], 1)
+    Image.fromarray(grid).save(tmp_path / "grid.png")
+    views = load_views([tmp_path / "grid.png"])
+    assert views.shape == (1, 8, 8, 3) and float(views.min()) == pytest.approx(200 / 255)

@@ -27,15 +27,15 @@ METRIC_BLOCKS: Dict[str, dict] = {
     "jpeg-incompressibility": {"type": "jpeg-incompressibility"},
 }
 
-_TEST_DIR = re.compile(r"^it(\d+)-test$")
+_TEST_DIR = re.compile(r"^it(\d+)-test(-rgb)?$")
 
 
 def find_views(path: "str | Path") -> List[Path]:
     """The PNG views to score for a run directory or a folder of images.
 
     Args:
-        path: a trial directory (its ``save/it<step>-test`` with the largest step is used),
-            a ``save`` directory, or any folder of PNG files.
+        path: a trial directory (its ``save/it<step>-test-rgb`` with the largest step is used,
+            else ``save/it<step>-test``), a ``save`` directory, or any folder of PNG files.
 
     Returns:
         Sorted list of PNG paths (numeric order of their stems where possible).
@@ -48,9 +48,10 @@ def find_views(path: "str | Path") -> List[Path]:
         raise FileNotFoundError(f"Run or image folder not found: {path}")
     folder = path
     for candidate in (path / "save", path):
-        tests = [d for d in candidate.glob("it*-test") if d.is_dir() and _TEST_DIR.match(d.name)]
+        tests = [d for d in candidate.glob("it*-test*") if d.is_dir() and _TEST_DIR.match(d.name)]
         if tests:
-            folder = max(tests, key=lambda d: int(_TEST_DIR.match(d.name).group(1)))
+            # latest step first; at equal steps the plain RGB views beat the grids
+            folder = max(tests, key=lambda d: (int(_TEST_DIR.match(d.name).group(1)), d.name.endswith("-rgb")))
             break
     views = sorted(folder.glob("*.png"), key=lambda p: (int(p.stem) if p.stem.isdigit() else 1 << 30, p.name))
     if not views:
@@ -62,7 +63,11 @@ def find_views(path: "str | Path") -> List[Path]:
 
 
 def load_views(paths: Sequence[Path], size: Optional[int] = None) -> Float[Tensor, "N H W 3"]:
-    """Read PNG views into a float tensor in [0, 1] (alpha dropped, optionally resized)."""
+    """Read PNG views into a float tensor in [0, 1] (alpha dropped, optionally resized).
+
+    threestudio's test images are grids of square panels side by side (render, normal,
+    opacity): when a view is an integer number (>= 2) of squares wide, its first panel is used.
+    """
     import imageio.v3 as iio
 
     images = []
@@ -70,6 +75,9 @@ def load_views(paths: Sequence[Path], size: Optional[int] = None) -> Float[Tenso
         arr = np.asarray(iio.imread(p))
         if arr.ndim == 2:
             arr = np.stack([arr] * 3, -1)
+        h, w = arr.shape[:2]
+        if w >= 2 * h and w % h == 0:
+            arr = arr[:, :h]
         images.append(torch.from_numpy(arr[..., :3].astype(np.float32) / 255.0))
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) > 1 and size is None:
