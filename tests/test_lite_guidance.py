@@ -41,8 +41,8 @@ def guidance(tiny_sd):
     )
 
 
-def cams(b):
-    return torch.zeros(b), torch.linspace(-180, 170, b), torch.full((b,), 2.0)
+def cams(b, device="cpu"):
+    return torch.zeros(b, device=device), torch.linspace(-180, 170, b, device=device), torch.full((b,), 2.0, device=device)
 
 
 def test_guidance_attributes_match_threestudio(guidance):
@@ -58,8 +58,8 @@ def test_guidance_attributes_match_threestudio(guidance):
 
 
 def test_sds_loss_is_finite_and_gradient_reaches_rgb(guidance, prompt_utils):
-    rgb = torch.rand(2, 24, 24, 3, requires_grad=True)
-    out = guidance(rgb, prompt_utils, *cams(2))
+    rgb = torch.rand(2, 24, 24, 3, device=guidance.device, requires_grad=True)
+    out = guidance(rgb, prompt_utils, *cams(2, guidance.device))
     assert set(out) == {"loss_sds", "grad_norm", "min_step", "max_step"}
     assert torch.isfinite(out["loss_sds"]) and out["loss_sds"] > 0
     out["loss_sds"].backward()
@@ -70,7 +70,7 @@ def test_update_step_schedules_and_grad_clip(guidance, prompt_utils):
     guidance.update_step(0, 50)
     assert guidance.grad_clip_val == pytest.approx(1.25)
     torch.manual_seed(0)
-    out = guidance(torch.rand(1, 16, 16, 3), prompt_utils, *cams(1))
+    out = guidance(torch.rand(1, 16, 16, 3, device=guidance.device), prompt_utils, *cams(1, guidance.device))
     # per-element clipping bounds the SDS gradient: |grad| <= clip  =>  ||grad|| <= clip * sqrt(numel)
     numel = 4 * 32 * 32
     assert out["grad_norm"] <= 1.25 * numel**0.5 + 1e-4
@@ -82,19 +82,20 @@ def test_update_step_schedules_and_grad_clip(guidance, prompt_utils):
 
 
 def test_latent_input_encode_decode_and_img_loss(tiny_sd, prompt_utils, guidance):
-    latents = torch.randn(1, 16, 16, 4, requires_grad=True)
-    out = guidance(latents, prompt_utils, *cams(1), rgb_as_latents=True)
+    latents = torch.randn(1, 16, 16, 4, device=guidance.device, requires_grad=True)
+    out = guidance(latents, prompt_utils, *cams(1, guidance.device), rgb_as_latents=True)
     out["loss_sds"].backward()
     assert latents.grad.abs().sum() > 0
-    imgs = guidance.decode_latents(torch.randn(1, 4, 8, 8))
+    imgs = guidance.decode_latents(torch.randn(1, 4, 8, 8, device=guidance.device))
     assert imgs.shape == (1, 3, 64, 64) and imgs.min() >= 0 and imgs.max() <= 1
     g2 = StableDiffusionGuidance({"pretrained_model_name_or_path": tiny_sd, "use_img_loss": True})
-    out = g2(torch.rand(1, 16, 16, 3), prompt_utils, *cams(1))
+    out = g2(torch.rand(1, 16, 16, 3, device=g2.device), prompt_utils, *cams(1, g2.device))
     assert torch.isfinite(out["loss_sds_img"])
 
 
 def test_guidance_eval_previews(guidance, prompt_utils):
-    out = guidance(torch.rand(1, 16, 16, 3), prompt_utils, *cams(1), guidance_eval=True)
+    out = guidance(torch.rand(1, 16, 16, 3, device=guidance.device), prompt_utils, *cams(1, guidance.device),
+                   guidance_eval=True)
     ev = out["eval"]
     assert ev["imgs_final"].shape == (1, 64, 64, 3) and len(ev["texts"]) == 1
 
