@@ -145,7 +145,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
         rays_d: Float[Tensor, "Nr 3"],
         light_positions: Float[Tensor, "Nr 3"],
         **kwargs,
-    ) -> Dict[str, Tensor]:
+    ) -> Dict[str, Any]:
         n_rays = rays_o.shape[0]
         t_starts, t_ends, t_pos = self._sample(rays_o, rays_d)
         ns = t_pos.shape[1]
