@@ -442,7 +442,7 @@ class GaussianSplatGeometry(BaseModule):
             raise RuntimeError("ddpo3d-gaussian-splat: geometry.opacities is not in the optimizer's param groups")
         self.opacities = new
 
-    def densify_and_prune(self, optimizer: Optional[torch.optim.Optimizer] = None, step: int = 0) -> Dict[str, int]:
+    def densify_and_prune(self, optimizer: Optional[torch.optim.Optimizer] = None, step: int = 0) -> Dict[str, float]:
         """The schedule of 3DGS's training loop, to call once per step after ``optimizer.step()``.
 
         While ``step < densify_until_iter``: every ``densification_interval`` steps after
@@ -454,14 +454,21 @@ class GaussianSplatGeometry(BaseModule):
             step: the global step.
 
         Returns:
-            counts ``cloned``, ``split``, ``pruned`` and ``num_points`` (empty dict on no-op steps).
+            counts ``cloned``, ``split``, ``pruned``, ``num_points``, and the median / 90th
+            percentile of the mean view-space gradient norms (``grad_p50`` / ``grad_p90``,
+            to calibrate ``densify_grad_threshold``); empty on no-op steps.
         """
         optimizer = optimizer if optimizer is not None else self._bound_optimizer()
         c = self.cfg
-        out: Dict[str, int] = {}
+        out: Dict[str, float] = {}
         if step >= c.densify_until_iter:
             return out
         if step > c.densify_from_iter and c.densification_interval > 0 and step % c.densification_interval == 0:
+            seen = self._grad_count > 0
+            if seen.any():  # calibration aid for densify_grad_threshold (log these)
+                g = self._grad_accum[seen] / self._grad_count[seen]
+                out["grad_p50"] = float(g.median())
+                out["grad_p90"] = float(torch.quantile(g, 0.9))
             out.update(self.densify(optimizer))
             out["pruned"] = self.prune(optimizer)
             out["num_points"] = self.num_points
