@@ -111,13 +111,28 @@ def load_custom_modules(custom_dirs: list) -> list:
     return loaded
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (stays valid when it is swapped)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(verbose: bool) -> None:
     """Runtime messages as ``[LEVEL] message`` on stderr; ``--verbose`` turns on DEBUG for the
     runtime and Lightning (threestudio's behaviour)."""
     ddpo_logger = logging.getLogger("ddpo3d")
     ddpo_logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not ddpo_logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in ddpo_logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
         ddpo_logger.addHandler(handler)
         ddpo_logger.propagate = False

@@ -57,6 +57,15 @@ def test_unknown_key_from_an_override_is_named(tmp_path, capsys):
     assert "widht" in _error_line(err)
 
 
+@pytest.mark.parametrize("override,named", [("trainer.max_step=3", "max_step"), ("checkpoint.save_lst=true", "save_lst")])
+def test_unknown_trainer_or_checkpoint_argument_is_named(tmp_path, capsys, override, named):
+    path = _write(tmp_path, lite_doubles.experiment_yaml(str(tmp_path)))
+    rc, err = _run(["--config", path, "--train", override], capsys)
+    assert rc == 1
+    line = _error_line(err)
+    assert named in line and "Did you mean" in line
+
+
 def test_unknown_type_lists_known_types(tmp_path, capsys):
     path = _write(tmp_path, lite_doubles.experiment_yaml(str(tmp_path)))
     rc, err = _run(["--config", path, "--train", "system_type=dreamfusion-sytem"], capsys)

@@ -201,3 +201,28 @@ def test_weights_initialise_the_system(trained, tmp_path):
     assert torch.allclose(system.geometry.color.detach(), trained_color)
     assert torch.allclose(system.background.env_color.detach(), torch.ones(3))  # ignored module keeps its init
     assert system.geometry.steps_seen == [3]  # do_update_step(on_load_weights=True) at the checkpoint's step
+
+
+def test_validate_mode_renders_the_validation_views_at_the_checkpoint_step(trained, tmp_path):
+    cfg, _ = trained
+    ckpt = os.path.join(cfg.trial_dir, "ckpts", "last.ckpt")
+    vcfg = _cfg(tmp_path, overrides=[f"resume={ckpt}", "data.n_val_views=3"])
+    run_experiment(vcfg, "validate")
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(vcfg.trial_dir, "save", "*.png")))
+    assert names == ["it3-0.png", "it3-1.png", "it3-2.png"]
+
+
+def test_export_obj_with_normals(trained, tmp_path):
+    cfg, _ = trained
+    ckpt = os.path.join(cfg.trial_dir, "ckpts", "last.ckpt")
+    ecfg = _cfg(tmp_path, overrides=[f"resume={ckpt}", "system.exporter.save_normal=true", "system.exporter.save_name=ball"])
+    run_experiment(ecfg, "export")
+    text = open(os.path.join(ecfg.trial_dir, "save", "it3-export", "ball.obj")).read().splitlines()
+    verts = [ln for ln in text if ln.startswith("v ")]
+    normals = np.array([[float(x) for x in ln.split()[1:]] for ln in text if ln.startswith("vn ")])
+    assert len(normals) == len(verts)
+    positions = np.array([[float(x) for x in ln.split()[1:4]] for ln in verts])
+    # outward normals on a sphere centred at the origin
+    cos = (normals * positions).sum(1) / np.linalg.norm(positions, axis=1)
+    assert (cos > 0.9).mean() > 0.95
+    assert any("//" in ln for ln in text if ln.startswith("f "))

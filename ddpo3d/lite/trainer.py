@@ -23,7 +23,7 @@ import torch
 from ddpo3d.lite import find, info, warn
 from ddpo3d.lite.utils.callbacks import ConfigSnapshotCallback, CustomProgressBar, InterruptCheckpoint
 from ddpo3d.lite.utils.misc import set_device
-from ddpo3d.utils.config import to_primitive
+from ddpo3d.utils.config import ConfigError, to_primitive, unknown_key_message
 from ddpo3d.utils.typing import Any, Dict, List, Optional, Sequence
 
 MODES = ("train", "validate", "test", "export")
@@ -63,6 +63,19 @@ def _tensorboard_logger(trial_dir: str) -> List[Any]:
     return [TensorBoardLogger(trial_dir, name="tb_logs")]
 
 
+def check_kwargs(target: Any, kwargs: Dict[str, Any], block: str) -> None:
+    """Raise a :class:`ConfigError` naming any key of ``block`` that ``target`` does not accept."""
+    import inspect
+
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [k for k in params if k != "self"]
+    for key in kwargs:
+        if key not in known:
+            raise ConfigError(unknown_key_message(key, f"{block} ({target.__module__}.{target.__qualname__})", known))
+
+
 def build_trainer(
     cfg: Any,
     mode: str,
@@ -93,6 +106,7 @@ def build_trainer(
     if "precision" in trainer_kwargs:
         trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], accelerator)
     trainer_kwargs.setdefault("enable_model_summary", False)
+    check_kwargs(pl.Trainer.__init__, trainer_kwargs, "trainer")
     callbacks: List[Any] = list(extra_callbacks)
     run_loggers: List[Any] = []
     if mode == "train":
@@ -100,8 +114,10 @@ def build_trainer(
         from pytorch_lightning.loggers import CSVLogger
 
         ckpt_dir = os.path.join(cfg.trial_dir, "ckpts")
+        ckpt_kwargs = dict(to_primitive(cfg.checkpoint) or {})
+        check_kwargs(ModelCheckpoint.__init__, ckpt_kwargs, "checkpoint")
         callbacks += [
-            ModelCheckpoint(dirpath=ckpt_dir, **(to_primitive(cfg.checkpoint) or {})),
+            ModelCheckpoint(dirpath=ckpt_dir, **ckpt_kwargs),
             LearningRateMonitor(logging_interval="step"),
             ConfigSnapshotCallback(config_path, cfg, os.path.join(cfg.trial_dir, "configs")),
             InterruptCheckpoint(os.path.join(ckpt_dir, "last.ckpt")),
