@@ -9,7 +9,8 @@ camera at distance 2.5 with fovy 49 degrees.
 
     python benchmarks/gaussians.py [--reps 5] [--threads 1] [--sizes 1000,5000,20000] [--res 64,128]
 
-Prints a Markdown table (median wall time over ``--reps`` runs after one warm-up).
+Prints a Markdown table: median and minimum wall time over ``--reps`` runs after one
+warm-up (on a shared machine the minimum is the less contended figure).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def timed(fn, reps: int, device: str) -> float:
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def bench(n: int, res: int, method: str, reps: int, device: str):
@@ -115,7 +116,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{args.threads} CPU thread(s), median of {args.reps}\n")
-    print("| device | N | res | method | forward ms | fwd+bwd ms | tile-Gaussian pairs | mean alpha |")
+    print("| device | N | res | method | forward ms (median / min) | fwd+bwd ms (median / min) | tile-Gaussian pairs | mean alpha |")
     print("|---|---|---|---|---|---|---|---|")
     for device in devices:
         methods = ["torch-8", "torch-16", "dense"]
@@ -127,8 +128,9 @@ def main() -> None:
                     if m == "dense" and res * res * n > DENSE_LIMIT:
                         print(f"| {device} | {n} | {res}² | dense | skipped (H·W·N > {DENSE_LIMIT:.1e}) | | | |")
                         continue
-                    t_f, t_fb, isects, a = bench(n, res, m, args.reps, device)
-                    print(f"| {device} | {n} | {res}² | {m} | {1e3 * t_f:.1f} | {1e3 * t_fb:.1f} | "
+                    (f_med, f_min), (fb_med, fb_min), isects, a = bench(n, res, m, args.reps, device)
+                    print(f"| {device} | {n} | {res}² | {m} | {1e3 * f_med:.0f} / {1e3 * f_min:.0f} | "
+                          f"{1e3 * fb_med:.0f} / {1e3 * fb_min:.0f} | "
                           f"{isects if isects is not None else '-'} | {a:.2f} |", flush=True)
 
 
