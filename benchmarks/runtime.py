@@ -11,7 +11,7 @@ and prompt processor) with the SD weights replaced by the tiny offline pipeline 
 * backward: ``loss.backward()`` through guidance, renderer and geometry;
 * optimizer: ``Adam.step()``.
 
-    OMP_NUM_THREADS=1 python benchmarks/runtime.py [--res 64] [--samples 64] [--steps 5] [--threads 1]
+    OMP_NUM_THREADS=1 python benchmarks/runtime.py [--res 64] [--samples 64] [--steps 5] [--threads 1] [--at-step 0]
 
 Prints a Markdown table (median over ``--steps`` steps after one warm-up step).
 """
@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64, help="system.renderer.num_samples_per_ray")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--at-step", type=int, default=0,
+                        help="global step the schedules see (e.g. 6000: every hash-grid level active)")
     parser.add_argument("--pipeline", default=None, help="SD pipeline path (default: build the tiny one in a temp dir)")
     args = parser.parse_args()
 
@@ -122,6 +124,7 @@ def main() -> None:
     _time_guidance_calls(clock, system.guidance)
 
     def step(i: int, record: bool) -> None:
+        i = i + args.at_step
         system.do_update_step(0, i)
         dm.train_dataset.update_step(0, i)
         batch = dm.train_dataset.collate({})
@@ -156,7 +159,7 @@ def main() -> None:
     total_cpu = statistics.median(clock.cpu["total"])
     print(f"One dreamfusion-sd training step on the built-in runtime (CPU, {args.threads} thread(s), "
           f"{args.res}x{args.res}, batch 1, {args.samples} samples/ray, tiny offline SD pipeline; "
-          f"median of {args.steps} steps)\n")
+          f"schedules at step {args.at_step}; median of {args.steps} steps)\n")
     print("| stage | wall ms (median) | process CPU ms (median) | share of CPU |")
     print("|---|---:|---:|---:|")
     for key in ("render", "guidance", "losses", "backward", "optimizer"):
