@@ -34,10 +34,17 @@ the same importlib-spec semantics when ``launch.py`` is not at hand), and then:
 3. with ``objective.weight: 0`` and ``reward.weight: 0`` its ``loss_sds`` and rgb gradient equal
    threestudio's plain ``stable-diffusion-guidance`` for the same global seed (see
    ``_check_sds_equal`` for the two harness adjustments this needs);
+   ``ddpo3d-deep-floyd-guidance`` likewise over threestudio's ``DeepFloydGuidance`` on a tiny
+   IF pipeline (``_check_deep_floyd``);
 4. ``ddpo3d-system`` (subclass of threestudio's ``DreamFusion``) with the extension's Gaussian
    splat geometry/renderer and threestudio's ``no-material`` / ``solid-color-background`` /
    ``random-camera-datamodule`` trains 2 steps, validates and tests under a Lightning
-   ``Trainer``, writing its metrics, curves, grids and turntable video.
+   ``Trainer``, writing its metrics, curves, grids and turntable video; threestudio's own
+   ``magic3d-system`` (coarse) trains a step with the DDPO3D guidance unchanged.
+
+What this cannot check on CPU: threestudio's CUDA geometry/renderers (``implicit-volume`` and
+``nerf-volume-renderer`` need tinycudann and nerfacc), half precision, the 512-px SD path with
+real weights, and the perp-neg / guidance_eval paths (rejected by the DDPO3D guidances).
 """
 
 from __future__ import annotations
@@ -398,6 +405,93 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
             "ours_keys": sorted(o_us), "vae_latent_layout": raw_layout,
         }
 
+    @check("deep_floyd")
+    def _check_deep_floyd():
+        """``ddpo3d-deep-floyd-guidance`` over threestudio's ``DeepFloydGuidance`` on a tiny IF.
+
+        threestudio's ``deep-floyd-prompt-processor`` loads T5 in 8 bit (bitsandbytes, CUDA);
+        here its loader gets ``load_in_8bit`` / ``variant`` / ``device_map`` removed and float32
+        weights, the rest of the processor (directions, cache, output) is threestudio's. As for
+        SD, threestudio's hard-coded 64 px is mapped to the tiny UNet's 32 px and its
+        ``randn_like`` (which follows the channels-last layout of the permuted render) draws
+        in contiguous order, so the stock and aligned ``loss_sds`` can be compared exactly.
+        """
+        import torch.nn.functional as F
+
+        import threestudio.models.guidance.deep_floyd_guidance as ts_dfg
+        import threestudio.models.prompt_processors.deepfloyd_prompt_processor as dfpp
+        from ddpo3d.testing.tiny_if import build_tiny_if_pipeline
+
+        tiny_if = build_tiny_if_pipeline(os.path.join(work, "tiny-if"))
+        real_t5 = dfpp.T5EncoderModel
+
+        class _T5Float32:
+            @staticmethod
+            def from_pretrained(*args, **kwargs):
+                for key in ("load_in_8bit", "variant", "device_map"):
+                    kwargs.pop(key, None)
+                kwargs["torch_dtype"] = torch.float32
+                return real_t5.from_pretrained(*args, **kwargs)
+
+        dfpp.T5EncoderModel = _T5Float32
+        try:
+            pu = threestudio.find("deep-floyd-prompt-processor")(
+                {"prompt": "a red apple", "pretrained_model_name_or_path": tiny_if, "spawn": False})()
+        finally:
+            dfpp.T5EncoderModel = real_t5
+        base = {"pretrained_model_name_or_path": tiny_if, "half_precision_weights": False, "guidance_scale": 7.5}
+        ours = threestudio.find("ddpo3d-deep-floyd-guidance")(
+            {**base, "reward": {"type": "brightness"}, "objective": {"type": "ddpo3d", "num_samples": 2,
+                                                                     "advantage": "batch"}})
+        ours.update_step(0, 0)
+        torch.manual_seed(0)
+        rgb = torch.rand(2, 32, 32, 3, requires_grad=True)
+        out = ours(rgb, pu, *cams)
+        data = {"is_subclass": issubclass(type(ours), ts_dfg.DeepFloydGuidance), "keys": sorted(out),
+                "loss_sds": float(out["loss_sds"]), "loss_ddpo": float(out["loss_ddpo"]),
+                "grad_sds": grad_of(out["loss_sds"], rgb), "grad_ddpo": grad_of(out["loss_ddpo"], rgb)}
+
+        zero = threestudio.find("ddpo3d-deep-floyd-guidance")(
+            {**base, "reward": {"type": "brightness", "weight": 0.0}, "objective": {"type": "ddpo3d", "weight": 0.0}})
+        plain = threestudio.find("deep-floyd-guidance")(base)
+        res = int(ours.resolution)
+
+        class _SizeMap:
+            def __getattr__(self, name):
+                return getattr(F, name)
+
+            @staticmethod
+            def interpolate(x, size=None, *args, **kwargs):
+                size = (res, res) if size is not None and tuple(size) == (64, 64) else size
+                return F.interpolate(x, size, *args, **kwargs)
+
+        class _TorchContiguousNoise:
+            def __getattr__(self, name):
+                return getattr(torch, name)
+
+            @staticmethod
+            def randn_like(x, **kwargs):
+                return torch.randn(x.shape, dtype=x.dtype, device=x.device)
+
+        real = (ts_dfg.F, ts_dfg.torch)
+        ts_dfg.F, ts_dfg.torch = _SizeMap(), _TorchContiguousNoise()
+        losses, grads = [], []
+        try:
+            for g in (plain, zero):
+                g.update_step(0, 0)
+                x = rgb.detach().clone().requires_grad_(True)
+                torch.manual_seed(4321)
+                o = g(x, pu, *cams)
+                (gx,) = torch.autograd.grad(o["loss_sds"], x)
+                losses.append(float(o["loss_sds"]))
+                grads.append(gx)
+        finally:
+            ts_dfg.F, ts_dfg.torch = real
+        data.update({"loss_sds_threestudio": losses[0], "loss_sds_ours": losses[1],
+                     "grad_max_abs_diff": float((grads[0] - grads[1]).abs().max()),
+                     "grad_max_abs": float(grads[0].abs().max())})
+        return data
+
     @check("system_fit")
     def _check_system():
         import pytorch_lightning as pl
@@ -434,6 +528,7 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
         fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         trainer.test(system, datamodule=dm)
         files = sorted(str(p.relative_to(save_dir)) for p in Path(save_dir).rglob("*") if p.is_file())
+        state["system_cfg"] = cfg
         return {
             "is_subclass": isinstance(system, ts_df.DreamFusion),
             "global_step": int(trainer.global_step), "fit_metrics": fit_metrics,
@@ -441,6 +536,23 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
             "means_moved": float((system.geometry.means.detach() - means0).abs().max()),
             "files": files,
         }
+
+    @check("magic3d_fit")
+    def _check_magic3d():
+        """threestudio's own ``magic3d-system`` (coarse stage) with the DDPO3D guidance, unchanged."""
+        import pytorch_lightning as pl
+
+        cfg = state["system_cfg"].copy()
+        cfg.refinement = False
+        system = threestudio.find("magic3d-system")(cfg, resumed=False)
+        system.set_save_dir(os.path.join(work, "trial-magic3d", "save"))
+        dm = threestudio.find("random-camera-datamodule")({"width": 32, "height": 32, "batch_size": 2})
+        trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                             num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=False,
+                             enable_model_summary=False, log_every_n_steps=1)
+        trainer.fit(system, datamodule=dm)
+        return {"global_step": int(trainer.global_step),
+                "fit_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
 
     report["total_seconds"] = time.time() - t0
     save()
@@ -543,6 +655,19 @@ def test_loss_sds_matches_threestudio_stable_diffusion_guidance(report):
     assert e["grad_max_abs_diff"] <= 1e-5 * e["grad_max_abs"], e
 
 
+def test_deep_floyd_guidance_on_threestudio_base(report):
+    e = _entry(report, "deep_floyd")
+    assert e["is_subclass"]
+    assert {"loss_sds", "loss_ddpo"} <= set(e["keys"]), e["keys"]
+    assert math.isfinite(e["loss_sds"]) and math.isfinite(e["loss_ddpo"])
+    for key in ("grad_sds", "grad_ddpo"):
+        assert e[key]["finite"] and e[key]["abs_sum"] > 0, (key, e[key])
+    # stock deep-floyd-guidance vs ours with the alignment off (threestudio scales to [-1, 1]
+    # before resizing, we after: the same up to float rounding)
+    assert e["loss_sds_ours"] == pytest.approx(e["loss_sds_threestudio"], rel=1e-5)
+    assert e["grad_max_abs"] > 0 and e["grad_max_abs_diff"] <= 1e-5 * e["grad_max_abs"], e
+
+
 def test_ddpo3d_system_trains_under_threestudio(report):
     e = _entry(report, "system_fit")
     assert e["is_subclass"]
@@ -554,6 +679,13 @@ def test_ddpo3d_system_trains_under_threestudio(report):
     assert e["means_moved"] > 0, "no gradient reached the Gaussian splat geometry"
     for f in ("metrics.csv", "curves.png", "it2-0.png", "it2-test.mp4", "it2-test/0.png", "it2-test-rgb/0.png"):
         assert f in e["files"], (f, e["files"])
+
+
+def test_magic3d_coarse_system_uses_the_guidance_unchanged(report):
+    e = _entry(report, "magic3d_fit")
+    assert e["global_step"] == 1
+    for key in ("train/loss_sds", "train/loss_ddpo", "train/reward_mean"):
+        assert key in e["fit_metrics"] and math.isfinite(e["fit_metrics"][key]), (key, sorted(e["fit_metrics"]))
 
 
 if __name__ == "__main__":
