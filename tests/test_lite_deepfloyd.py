@@ -197,7 +197,7 @@ def test_guidance_sds_matches_threestudio_formula(guidance, prompt_utils):
     torch.manual_seed(3)
     t = torch.randint(guidance.min_step, guidance.max_step + 1, [1], dtype=torch.long)
     x = F.interpolate(rgb.detach().permute(0, 3, 1, 2) * 2 - 1, (32, 32), mode="bilinear", align_corners=False)
-    noise = torch.randn(x.shape)  # as SDS draws it (randn_like would copy x's strides)
+    noise = torch.randn_like(x)  # as SDS and threestudio draw it (follows x's strides)
     text = prompt_utils.get_text_embeddings(**{k: v[:1] for k, v in CAMS.items()})
     with torch.no_grad():
         x_t = guidance.scheduler.add_noise(x, noise, t)

@@ -21,7 +21,7 @@ import torch
 from ddpo3d.diffusion.base import NoisePredictor, cfg_combine
 from ddpo3d.objectives.ddpo3d import DDPO3D
 from ddpo3d.objectives.reward_backprop import RewardBackprop
-from ddpo3d.objectives.sds import SDS, SDSConfig
+from ddpo3d.objectives.sds import SDS, SDSConfig, sample_noise
 from ddpo3d.utils.config import ConfigError, parse_structured, to_primitive
 from ddpo3d.utils.typing import Any, Callable, Dict, Float, Optional, Sequence, Tensor
 
@@ -103,8 +103,7 @@ class RewardGuidedSDS:
         B = x0.shape[0]
         self.sds.num_train_timesteps = predictor.num_train_timesteps
         t = self.sds.sample_timesteps(B, x0.device, generator)
-        gen_device = generator.device if generator is not None else x0.device
-        noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
+        noise = sample_noise(x0, generator)
 
         policy = self.objective if isinstance(self.objective, DDPO3D) and self.objective.active else None
         need_reward = self.objective is not None and self.objective.active
@@ -121,6 +120,7 @@ class RewardGuidedSDS:
         out: Dict[str, Any] = {
             "loss_sds": sds_out.loss_sds,
             "sds_grad_norm": sds_out.grad_norm,
+            "grad_norm": sds_out.grad.norm(),  # threestudio's: norm of the whole batch's SDS gradient
             "min_step": sds_out.min_step,
             "max_step": sds_out.max_step,
             "t_mean": float(t.float().mean()),

@@ -44,6 +44,17 @@ class SDSConfig:
 WEIGHTINGS = ("sds", "uniform", "fantasia3d")
 
 
+def sample_noise(x0: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """ε ~ N(0, I) shaped like ``x0``.
+
+    Without a generator this is ``torch.randn_like(x0)``, which follows ``x0``'s memory
+    layout exactly as threestudio's guidances draw it, so a seed gives threestudio's ε.
+    """
+    if generator is None:
+        return torch.randn_like(x0)
+    return torch.randn(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype).to(x0.device)
+
+
 @dataclass
 class SDSOutput:
     """What one SDS evaluation produced.
@@ -184,8 +195,7 @@ class SDS:
             t = self.sample_timesteps(batch_size, x0.device, generator)
         t = t.to(x0.device).long()
         if noise is None:
-            gen_device = generator.device if generator is not None else x0.device
-            noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
+            noise = sample_noise(x0, generator)
         x_t = predictor.add_noise(x0.detach(), noise, t)
         if eps_pred is None:
             with torch.no_grad():

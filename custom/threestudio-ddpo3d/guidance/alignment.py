@@ -101,13 +101,12 @@ class RewardAlignmentMixin:
         prompts: List[str],
         x0: Optional[Tensor] = None,
     ) -> Dict[str, Any]:
-        """One step of SDS + the alignment objective; adds threestudio's ``grad_norm`` key.
+        """One step of SDS + the alignment objective (``grad_norm`` is threestudio's SDS gradient norm).
 
         When the objective is ``none`` but a reward is configured, the reward of the render is
         logged (no gradient) so runs stay comparable.
         """
         out = self.objective(rgb, predictor, cond, uncond, prompts, self.reward, x0=x0, generator=self.generator)
-        out["grad_norm"] = out.get("sds_grad_norm", torch.zeros(()))
         if self.reward is not None and "reward_mean" not in out:
             with torch.no_grad():
                 scores = self.reward(rgb.detach().clamp(0, 1), prompts)
