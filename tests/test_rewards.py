@@ -53,7 +53,7 @@ def test_import_is_light_and_threestudio_free():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "aesthetic,clip-score,jpeg-compressibility,jpeg-incompressibility,python"
+    assert out.stdout.strip() == "aesthetic,brightness,clip-score,jpeg-compressibility,jpeg-incompressibility,python"
 
 
 def test_known_types():
@@ -329,3 +329,14 @@ def test_python_target_errors(user_module):
     # a module that raises while importing is reported with the target too
     with pytest.raises(RewardTargetImportError, match="h1_broken:f.*ZeroDivisionError"):
         build_reward({"type": "python", "target": "h1_broken:f"})
+
+
+def test_brightness_is_mean_bt601_luma_and_differentiable():
+    images = torch.rand(3, 5, 7, 3, requires_grad=True)
+    reward = build_reward({"type": "brightness"})
+    scores = reward(images, ["a", "b", "c"])
+    expected = (0.299 * images[..., 0] + 0.587 * images[..., 1] + 0.114 * images[..., 2]).mean(dim=(1, 2))
+    assert reward.differentiable and torch.allclose(scores, expected)
+    (grad,) = torch.autograd.grad(scores.sum(), images)
+    assert torch.allclose(grad[0, 0, 0], torch.tensor([0.299, 0.587, 0.114]) / 35)
+    assert float(reward(torch.ones(1, 2, 2, 3), ["x"])) == pytest.approx(1.0)
