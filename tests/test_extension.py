@@ -191,3 +191,17 @@ def test_missing_weights_message_names_model(tmp_path, capsys, monkeypatch):
     assert rc != 0
     err = capsys.readouterr().err
     assert "stabilityai/stable-diffusion-2-1-base" in err
+
+
+def test_toy_run_passes_runtime_type_checks(tmp_path):
+    """``--typecheck`` instruments every ddpo3d module (jaxtyping + typeguard): a fresh process."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "configs/toy/ddpo-brightness.yaml"),
+           "--train", "--typecheck", "trainer.max_steps=2", "trainer.val_check_interval=2", "data.n_test_views=2",
+           "data.n_val_views=1", "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
+           f"exp_root_dir={tmp_path}", "use_timestamp=false", "tag=tc"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "toy-ddpo-brightness" / "tc" / "save" / "it2-test.mp4").is_file()

@@ -6,7 +6,6 @@ validation, detaching the scores of non-differentiable rewards, and the per-term
 (:class:`RewardOutput`) live here so every reward behaves the same.
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass
 

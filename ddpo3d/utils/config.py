@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 
 from omegaconf import OmegaConf
 
@@ -34,6 +35,24 @@ def unknown_key_message(key: str, where: str, known: list) -> str:
         f"Unknown config key {key!r} for {where}.{suggestion} "
         f"Known keys: {', '.join(sorted(known))}"
     )
+
+
+def _is_tuple_type(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return True
+    if origin is Union:
+        return any(_is_tuple_type(a) for a in typing.get_args(tp) if a is not type(None))
+    return False
+
+
+def _lists_to_tuples(fields: Any, cfg: dict) -> dict:
+    """YAML gives lists; fields typed ``Tuple[...]`` get tuples (run-time type checkers insist)."""
+    try:
+        hints = typing.get_type_hints(fields)
+    except Exception:  # unresolvable forward references: leave the values as they are
+        return cfg
+    return {k: tuple(v) if isinstance(v, list) and _is_tuple_type(hints.get(k)) else v for k, v in cfg.items()}
 
 
 def parse_structured(
@@ -63,6 +82,7 @@ def parse_structured(
     for key in cfg:
         if key not in known:
             raise ConfigError(unknown_key_message(key, where, known))
+    cfg = _lists_to_tuples(fields, cfg)
     try:
         return OmegaConf.structured(fields(**cfg))
     except Exception as exc:  # type validation by OmegaConf, missing values, ...

@@ -223,7 +223,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
         light_positions: Float[Tensor, "B 3"],
         bg_color: Optional[Tensor] = None,
         **kwargs,
-    ) -> Dict[str, Float[Tensor, "..."]]:
+    ) -> Dict[str, Tensor]:
         """Render a batch of images.
 
         Args:
