@@ -156,9 +156,20 @@ class DDPO3DSystem(DreamFusion):
         geometry = getattr(self, "geometry", None)
         optimizer = getattr(self, "_densify_optimizer", None)
         if optimizer is not None and hasattr(geometry, "densify_and_prune"):
-            geometry.densify_and_prune(optimizer, self.true_global_step)
+            stats = geometry.densify_and_prune(optimizer, self.true_global_step) or {}
             self._densify_optimizer = None
+            for k, v in stats.items():
+                self.log(f"train/densify_{k}", float(v))
         return result
+
+    def configure_optimizers(self):
+        ret = super().configure_optimizers()
+        geometry = getattr(self, "geometry", None)
+        if hasattr(geometry, "bind_optimizer"):
+            # Gaussian splats: position-lr decay in update_step, optimizer surgery on densify
+            optimizer = ret["optimizer"] if isinstance(ret, dict) else ret
+            geometry.bind_optimizer(optimizer)
+        return ret
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         out = super().forward(batch)
@@ -196,3 +207,7 @@ class DDPO3DSystem(DreamFusion):
     def on_test_epoch_end(self):
         super().on_test_epoch_end()  # turntable video
         self._flush_eval("test")
+        geometry = getattr(self, "geometry", None)
+        if hasattr(geometry, "save_ply"):
+            # Gaussian splats: standard 3DGS PLY, loadable by common splat viewers
+            geometry.save_ply(self.get_save_path(f"it{self.true_global_step}-gaussians.ply"))
