@@ -33,7 +33,13 @@ class ExtensionImportError(ImportError):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--config", required=True, help="path to the YAML config")
+    parser.add_argument(
+        "--config",
+        required=True,
+        action="append",
+        help="path to the YAML config; repeat to merge more files in order (e.g. a reward block "
+        "from configs/rewards/ over a stock config)",
+    )
     parser.add_argument(
         "--gpu",
         default=None,
@@ -168,10 +174,10 @@ def run_lite(args: argparse.Namespace, extras: list, custom_dirs: list, n_gpus: 
     load_custom_modules(custom_dirs)
     if n_gpus > 1:
         logging.getLogger("ddpo3d").warning("the built-in runtime trains on one device; using the first of --gpu")
-    cfg = load_config(args.config, cli_args=extras)
+    cfg = load_config(*args.config, cli_args=extras)
     if args.gradio:
         logging.getLogger("ddpo3d").warning("--gradio is only supported on the threestudio host; ignoring it")
-    run_experiment(cfg, _mode(args), gpu=args.gpu, config_path=args.config, argv=sys.argv)
+    run_experiment(cfg, _mode(args), gpu=args.gpu, config_path=args.config[0], argv=sys.argv)
     return 0
 
 
@@ -198,7 +204,7 @@ def run_threestudio(args: argparse.Namespace, extras: list, custom_dirs: list, n
         args.gpu = "0"
         n_gpus = _select_gpus(args.gpu)
     load_custom_modules(custom_dirs)
-    cfg = load_config(args.config, cli_args=extras, n_gpus=n_gpus)
+    cfg = load_config(*args.config, cli_args=extras, n_gpus=n_gpus)
     pl.seed_everything(cfg.seed + get_rank(), workers=True)
     dm = threestudio.find(cfg.data_type)(cfg.data)
     system = threestudio.find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None)
@@ -209,7 +215,7 @@ def run_threestudio(args: argparse.Namespace, extras: list, custom_dirs: list, n
             ModelCheckpoint(dirpath=os.path.join(cfg.trial_dir, "ckpts"), **cfg.checkpoint),
             LearningRateMonitor(logging_interval="step"),
             CodeSnapshotCallback(os.path.join(cfg.trial_dir, "code"), use_version=False),
-            ConfigSnapshotCallback(args.config, cfg, os.path.join(cfg.trial_dir, "configs"), use_version=False),
+            ConfigSnapshotCallback(args.config[0], cfg, os.path.join(cfg.trial_dir, "configs"), use_version=False),
             InterruptCheckpoint(os.path.join(cfg.trial_dir, "ckpts", "last.ckpt")),
         ]
         if args.gradio:
@@ -283,8 +289,9 @@ def main(argv: "list | None" = None, custom_dirs: "list | None" = None) -> int:
         install_import_hook("ddpo3d", "typeguard.typechecked")
     custom_dirs = default_custom_dirs() if custom_dirs is None else custom_dirs
     try:
-        if not os.path.isfile(args.config):  # before importing extensions: fail fast
-            raise FileNotFoundError(f"Config file not found: {args.config}")
+        for path in args.config:  # before importing extensions: fail fast
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"Config file not found: {path}")
         from ddpo3d import host
 
         if host.HOST == "threestudio":
