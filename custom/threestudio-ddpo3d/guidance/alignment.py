@@ -88,6 +88,24 @@ class RewardAlignmentMixin:
         if self.cfg.seed is not None:
             self.generator = torch.Generator(device=self.device).manual_seed(int(self.cfg.seed))
 
+    def text_conditions(self, prompt_utils: Any, elevation, azimuth, camera_distances, rgb_as_latents: bool = False,
+                        guidance_eval: bool = False, latents_ok: bool = False):
+        """Check the call options and return ``(cond, uncond, prompts)`` for a text-conditioned UNet.
+
+        Raises:
+            NotImplementedError: for ``guidance_eval``, Perp-Neg prompts, or latents where not supported.
+        """
+        name = type(self).__name__
+        if guidance_eval:
+            raise NotImplementedError(f"guidance_eval is not supported by {name}")
+        if rgb_as_latents and not latents_ok:
+            raise NotImplementedError(f"{name} takes RGB renders only (rgb_as_latents=True)")
+        if getattr(prompt_utils, "use_perp_neg", False):
+            raise NotImplementedError("Perp-Neg prompts (use_perp_neg) are not supported with reward alignment")
+        emb = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting)
+        cond, uncond = emb.chunk(2)  # threestudio's order: cond, then uncond
+        return cond, uncond, self.reward_prompts_for(prompt_utils, elevation, azimuth, camera_distances)
+
     def reward_prompts_for(self, prompt_utils: Any, elevation, azimuth, camera_distances) -> List[str]:
         vd = self.cfg.reward_prompts == "view-dependent" and bool(getattr(self.cfg, "view_dependent_prompting", True))
         return view_prompts(prompt_utils, elevation, azimuth, camera_distances, vd)

@@ -52,13 +52,9 @@ class DDPO3DDeepFloydGuidance(RewardAlignmentMixin, DeepFloydGuidance):
             prompt_utils: the (DeepFloyd) prompt processor's output.
             elevation, azimuth, camera_distances: camera parameters ``[B]`` (degrees).
         """
-        if rgb_as_latents or guidance_eval:
-            raise NotImplementedError("ddpo3d-deep-floyd-guidance takes RGB renders only (no latents, no guidance_eval)")
-        if getattr(prompt_utils, "use_perp_neg", False):
-            raise NotImplementedError("Perp-Neg prompts (use_perp_neg) are not supported with reward alignment")
-        emb = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting)
-        cond, uncond = emb.chunk(2)
+        cond, uncond, prompts = self.text_conditions(
+            prompt_utils, elevation, azimuth, camera_distances, rgb_as_latents, guidance_eval
+        )
         x = F.interpolate(rgb.permute(0, 3, 1, 2), (self.resolution, self.resolution), mode="bilinear", align_corners=False)
         x0 = x * 2.0 - 1.0
-        prompts = self.reward_prompts_for(prompt_utils, elevation, azimuth, camera_distances)
         return self.align(rgb, self.predictor, cond, uncond, prompts, x0=x0)

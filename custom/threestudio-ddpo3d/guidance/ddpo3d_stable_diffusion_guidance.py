@@ -59,19 +59,14 @@ class DDPO3DStableDiffusionGuidance(RewardAlignmentMixin, StableDiffusionGuidanc
             rgb_as_latents: ``rgb`` already holds 4-channel latents (latent-NeRF style).
             guidance_eval: not supported with alignment (raises).
         """
-        if guidance_eval:
-            raise NotImplementedError("guidance_eval is not supported by ddpo3d-stable-diffusion-guidance")
-        if getattr(prompt_utils, "use_perp_neg", False):
-            raise NotImplementedError("Perp-Neg prompts (use_perp_neg) are not supported with reward alignment")
-        emb = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting)
-        cond, uncond = emb.chunk(2)
-        latent_hw = self.resolution // (2 ** (len(self.vae.config.block_out_channels) - 1))
-        x0 = None
+        cond, uncond, prompts = self.text_conditions(
+            prompt_utils, elevation, azimuth, camera_distances, rgb_as_latents, guidance_eval, latents_ok=True
+        )
         if rgb_as_latents:
+            latent_hw = self.resolution // (2 ** (len(self.vae.config.block_out_channels) - 1))
             x0 = F.interpolate(rgb.permute(0, 3, 1, 2), (latent_hw, latent_hw), mode="bilinear", align_corners=False)
         else:
             x = F.interpolate(rgb.permute(0, 3, 1, 2), (self.resolution, self.resolution), mode="bilinear", align_corners=False)
             x0 = self.encode_images(x)
-        prompts = self.reward_prompts_for(prompt_utils, elevation, azimuth, camera_distances)
         images = rgb if not rgb_as_latents else self.predictor.decode(x0.detach())
         return self.align(images, self.predictor, cond, uncond, prompts, x0=x0)
