@@ -27,16 +27,24 @@ import torch.nn.functional as F
 
 import ddpo3d.lite as threestudio
 from ddpo3d.diffusion import UNetNoisePredictor
-from ddpo3d.lite.models.guidance.stable_diffusion_guidance import _dtype_kwarg
+from ddpo3d.lite.models.guidance.common import (
+    DiffusersGuidanceMixin,
+    apply_pipeline_options,
+    check_weighting_strategy,
+    denoise_previews,
+    dtype_kwarg,
+    eval_timesteps,
+    freeze,
+    resolve_weights_dtype,
+    sds_outputs,
+)
 from ddpo3d.lite.models.prompt_processors.base import PromptProcessorOutput, resolve_pretrained
 from ddpo3d.lite.utils.base import BaseObject
-from ddpo3d.lite.utils.misc import C, cleanup
-from ddpo3d.objectives.sds import SDS, WEIGHTINGS
 from ddpo3d.utils.typing import Any, Dict, Float, Int, Optional, Tensor
 
 
 @threestudio.register("deep-floyd-guidance")
-class DeepFloydGuidance(BaseObject):
+class DeepFloydGuidance(DiffusersGuidanceMixin, BaseObject):
     """SDS guidance from DeepFloyd IF stage I (DreamFusion, Poole et al. 2022, eq. 3, in
     pixel space as DreamFusion's own Imagen base model).
 
@@ -72,20 +80,16 @@ class DeepFloydGuidance(BaseObject):
 
     def configure(self) -> None:
         cfg = self.cfg
-        if cfg.weighting_strategy not in WEIGHTINGS:
-            raise ValueError(f"Unknown weighting strategy: {cfg.weighting_strategy!r} (use one of {WEIGHTINGS})")
+        check_weighting_strategy(cfg.weighting_strategy)
         threestudio.info("Loading Deep Floyd ...")
-        on_cuda = self.device.type == "cuda"
-        if cfg.half_precision_weights and not on_cuda:
-            threestudio.info("half_precision_weights=true: fp16 needs CUDA; using float32 weights on CPU")
-        self.weights_dtype = torch.float16 if (cfg.half_precision_weights and on_cuda) else torch.float32
+        self.weights_dtype = resolve_weights_dtype(cfg.half_precision_weights, self.device)
 
         from diffusers import IFPipeline
 
         path, local_only = resolve_pretrained(
             cfg.pretrained_model_name_or_path, f"DeepFloyd IF pipeline ({cfg.pretrained_model_name_or_path})"
         )
-        kwargs: Dict[str, Any] = dict(local_files_only=local_only, **_dtype_kwarg(self.weights_dtype))
+        kwargs: Dict[str, Any] = dict(local_files_only=local_only, **dtype_kwarg(self.weights_dtype))
         unet_dir = os.path.join(path, "unet")
         if self.weights_dtype == torch.float16 and (
             not os.path.isdir(unet_dir) or any(".fp16." in n for n in os.listdir(unet_dir))
@@ -101,66 +105,25 @@ class DeepFloydGuidance(BaseObject):
             **kwargs,
         ).to(self.device)
 
-        if cfg.enable_memory_efficient_attention:
-            threestudio.info("PyTorch 2 uses memory efficient attention by default.")
-        if cfg.enable_sequential_cpu_offload:
-            if not on_cuda:
-                raise NotImplementedError("enable_sequential_cpu_offload=true needs CUDA (and accelerate)")
-            self.pipe.enable_sequential_cpu_offload()
-        if cfg.enable_attention_slicing:
-            self.pipe.enable_attention_slicing(1)
-        if cfg.enable_channels_last_format:
-            self.pipe.unet.to(memory_format=torch.channels_last)
-        cleanup()
-
-        self.unet = self.pipe.unet.eval()
-        for p in self.unet.parameters():
-            p.requires_grad_(False)
+        apply_pipeline_options(self.pipe, cfg, self.device)
+        self.unet = freeze(self.pipe.unet)
         if int(self.unet.config.in_channels) != 3:
             raise ValueError(
                 f"deep-floyd-guidance needs a pixel-space stage-I UNet with 3 input channels; "
                 f"{cfg.pretrained_model_name_or_path} has {self.unet.config.in_channels}"
             )
 
-        self.scheduler = self.pipe.scheduler
-        self.num_train_timesteps = self.scheduler.config.num_train_timesteps
-        self.set_min_max_steps()  # defaults until the first update_step
-        self.alphas: Float[Tensor, "T"] = self.scheduler.alphas_cumprod.to(self.device)
-        self.grad_clip_val: Optional[float] = None
+        self.init_timesteps(self.pipe.scheduler)
         # native resolution: 64 for IF-I (threestudio hard-codes 64)
         self.resolution = int(self.unet.config.sample_size)
 
         self.predictor = UNetNoisePredictor.from_guidance(self)  # pixel mode: no vae
-        self.sds = SDS(
-            {
-                "guidance_scale": cfg.guidance_scale,
-                "min_step_percent": cfg.min_step_percent,
-                "max_step_percent": cfg.max_step_percent,
-                "weighting_strategy": cfg.weighting_strategy,
-                "grad_clip": cfg.grad_clip,
-            },
-            num_train_timesteps=self.num_train_timesteps,
-        )
+        self.sds = self.build_sds()
         threestudio.info("Loaded Deep Floyd!")
 
     # ------------------------------------------------------------------ threestudio helpers
-    def set_min_max_steps(self, min_step_percent: float = 0.02, max_step_percent: float = 0.98) -> None:
-        """The timestep range ``[int(T·min), int(T·max)]`` SDS samples from."""
-        self.min_step = int(self.num_train_timesteps * min_step_percent)
-        self.max_step = int(self.num_train_timesteps * max_step_percent)
-
-    def forward_unet(
-        self, latents: Float[Tensor, "..."], t: Tensor, encoder_hidden_states: Float[Tensor, "..."]
-    ) -> Float[Tensor, "B 6 h w"]:
-        """``unet(x, t, text)`` in the weights' dtype, returned in the input's dtype (6 channels
-        for IF: ε and the variance interpolation)."""
-        input_dtype = latents.dtype
-        return self.unet(
-            latents.to(self.weights_dtype),
-            t.to(self.weights_dtype),
-            encoder_hidden_states=encoder_hidden_states.to(self.weights_dtype),
-        ).sample.to(input_dtype)
-
+    # set_min_max_steps and forward_unet (6 channels for IF: ε and the variance
+    # interpolation) come from DiffusersGuidanceMixin
     def encode_images(self, imgs: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 R R"]:
         """Images in [0, 1] (any size) -> IF's pixel space ``[-1, 1]`` at the native size
         (bilinear, differentiable). Our addition (threestudio inlines it in ``__call__``)."""
@@ -197,31 +160,12 @@ class DeepFloydGuidance(BaseObject):
             raise ValueError(f"rgb_as_latents=True: there is no latent space in {type(self).__name__} (IF is pixel space)")
         if getattr(prompt_utils, "use_perp_neg", False):
             raise NotImplementedError("Perp-Neg prompts are not supported by the built-in runtime")
-        batch_size = rgb.shape[0]
         latents = self.encode_images(rgb.permute(0, 3, 1, 2))
 
-        # t ~ U{min_step, ..., max_step} from this object's range (subclasses and update_step set it)
-        t = torch.randint(self.min_step, self.max_step + 1, [batch_size], dtype=torch.long, device=self.device)
-        text_embeddings = prompt_utils.get_text_embeddings(
-            elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting
-        )
-        cond, uncond = text_embeddings.chunk(2)  # threestudio's order: [cond, uncond]
-        self.sds.grad_clip_val = self.grad_clip_val
-        # DreamFusion eq. 3 with the target trick, see ddpo3d.objectives.sds
-        out = self.sds(latents, self.predictor, cond, uncond, t=t)
-        guidance_out: Dict[str, Any] = {
-            "loss_sds": out.loss_sds,
-            "grad_norm": out.grad.norm(),
-            "min_step": self.min_step,
-            "max_step": self.max_step,
-        }
+        out, text_embeddings = self.sample_sds(latents, prompt_utils, elevation, azimuth, camera_distances)
+        guidance_out = sds_outputs(out, self.min_step, self.max_step)
         if guidance_eval:
-            eval_out = self.guidance_eval(out.t, text_embeddings, out.x_t, out.eps_pred)
-            eval_out["texts"] = [
-                f"n{n:.02f}\ne{e.item():.01f}\na{a.item():.01f}\nc{c.item():.02f}"
-                for n, e, a, c in zip(eval_out["noise_levels"], elevation, azimuth, camera_distances)
-            ]
-            guidance_out["eval"] = eval_out
+            self.add_guidance_eval(guidance_out, out, text_embeddings, elevation, azimuth, camera_distances)
         return guidance_out
 
     @torch.no_grad()
@@ -253,50 +197,26 @@ class DeepFloydGuidance(BaseObject):
         ``noise_pred`` is the guided ε (3 channels, as :class:`SDS` returns it); the learned
         variance the scheduler also needs is recomputed with one extra UNet call.
         """
-        self.scheduler.set_timesteps(50)
-        timesteps = self.scheduler.timesteps.to(self.device)
         n = latents_noisy.shape[0]
-        bs = min(self.cfg.max_items_eval, n) if self.cfg.max_items_eval > 0 else n
-        # the first of the 50 timesteps not larger than t
-        large_enough = timesteps.expand([bs, -1]) > t_orig[:bs].unsqueeze(-1)
-        idxs = torch.min(large_enough, dim=1)[1]
-        t = timesteps[idxs]
-        fracs = list((t / self.scheduler.config.num_train_timesteps).cpu().numpy())
+        bs, idxs, t, fracs = eval_timesteps(self.scheduler, t_orig, n, self.cfg.max_items_eval, self.device)
 
         def to_img(x: Tensor) -> Tensor:
             return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
 
         variance = self.get_noise_pred(latents_noisy, t_orig, text_embeddings)[:, 3:]
         noise_pred = torch.cat([noise_pred, variance], dim=1)
-        latents_1step, pred_1orig = [], []
-        for b in range(bs):
-            step = self.scheduler.step(noise_pred[b : b + 1], t[b], latents_noisy[b : b + 1])
-            latents_1step.append(step["prev_sample"])
-            pred_1orig.append(step["pred_original_sample"])
-        latents_1step = torch.cat(latents_1step)
-        pred_1orig = torch.cat(pred_1orig)
-        latents_final = []
-        for b, i in enumerate(idxs):
-            latents = latents_1step[b : b + 1]
-            text_emb = text_embeddings[[b, b + n], ...]
-            for tt in self.scheduler.timesteps[i + 1 :]:
-                latents = self.scheduler.step(self.get_noise_pred(latents, tt, text_emb), tt, latents)["prev_sample"]
-            latents_final.append(latents)
+        latents_1step, pred_1orig, latents_final = denoise_previews(
+            self.scheduler, noise_pred, t, idxs, latents_noisy, text_embeddings, n, self.get_noise_pred
+        )
         return {
             "bs": bs,
             "noise_levels": fracs,
             "imgs_noisy": to_img(latents_noisy[:bs]),
             "imgs_1step": to_img(latents_1step),
             "imgs_1orig": to_img(pred_1orig),
-            "imgs_final": to_img(torch.cat(latents_final)),
+            "imgs_final": to_img(latents_final),
         }
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
-        # grad clipping (Hong et al. 2023, "Debiasing Scores and Prompts of 2D Diffusion",
-        # arXiv 2303.15413)
-        if self.cfg.grad_clip is not None:
-            self.grad_clip_val = C(self.cfg.grad_clip, epoch, global_step)
-        self.set_min_max_steps(
-            min_step_percent=C(self.cfg.min_step_percent, epoch, global_step),
-            max_step_percent=C(self.cfg.max_step_percent, epoch, global_step),
-        )
+        self.update_grad_clip(epoch, global_step)
+        self.update_step_range(epoch, global_step)

@@ -20,23 +20,25 @@ import torch.nn.functional as F
 
 import ddpo3d.lite as threestudio
 from ddpo3d.diffusion import UNetNoisePredictor
+from ddpo3d.lite.models.guidance.common import (
+    DiffusersGuidanceMixin,
+    apply_pipeline_options,
+    check_weighting_strategy,
+    denoise_previews,
+    dtype_kwarg,
+    eval_timesteps,
+    freeze,
+    resolve_weights_dtype,
+    sds_outputs,
+)
 from ddpo3d.lite.models.prompt_processors.base import PromptProcessorOutput, resolve_pretrained
 from ddpo3d.lite.utils.base import BaseObject
-from ddpo3d.lite.utils.misc import C, cleanup
-from ddpo3d.objectives.sds import SDS, WEIGHTINGS
+from ddpo3d.lite.utils.misc import C
 from ddpo3d.utils.typing import Any, Dict, Float, Int, Optional, Tensor
 
 
-def _dtype_kwarg(dtype: torch.dtype) -> Dict[str, Any]:
-    """``dtype=`` for diffusers versions that read it (and deprecate ``torch_dtype``), else
-    ``torch_dtype=`` (detected by diffusers' ``_resolve_dtype`` helper)."""
-    from diffusers.pipelines import pipeline_utils
-
-    return {"dtype": dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": dtype}
-
-
 @threestudio.register("stable-diffusion-guidance")
-class StableDiffusionGuidance(BaseObject):
+class StableDiffusionGuidance(DiffusersGuidanceMixin, BaseObject):
     """SDS guidance from Stable Diffusion (DreamFusion, Poole et al. 2022, Eq. 3).
 
     Config keys are threestudio's: ``pretrained_model_name_or_path``,
@@ -83,13 +85,9 @@ class StableDiffusionGuidance(BaseObject):
                 "use_sjc=true (score Jacobian chaining) is not supported by the built-in runtime's "
                 "stable-diffusion-guidance; set system.guidance.use_sjc=false or install threestudio"
             )
-        if cfg.weighting_strategy not in WEIGHTINGS:
-            raise ValueError(f"Unknown weighting strategy: {cfg.weighting_strategy!r} (use one of {WEIGHTINGS})")
+        check_weighting_strategy(cfg.weighting_strategy)
         threestudio.info("Loading Stable Diffusion ...")
-        on_cuda = self.device.type == "cuda"
-        if cfg.half_precision_weights and not on_cuda:
-            threestudio.info("half_precision_weights=true: fp16 needs CUDA; using float32 weights on CPU")
-        self.weights_dtype = torch.float16 if (cfg.half_precision_weights and on_cuda) else torch.float32
+        self.weights_dtype = resolve_weights_dtype(cfg.half_precision_weights, self.device)
 
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -104,27 +102,12 @@ class StableDiffusionGuidance(BaseObject):
             feature_extractor=None,
             requires_safety_checker=False,
             local_files_only=local_only,
-            **_dtype_kwarg(self.weights_dtype),
+            **dtype_kwarg(self.weights_dtype),
         ).to(self.device)
 
-        if cfg.enable_memory_efficient_attention:
-            threestudio.info("PyTorch 2 uses memory efficient attention by default.")
-        if cfg.enable_sequential_cpu_offload:
-            if not on_cuda:
-                raise NotImplementedError("enable_sequential_cpu_offload=true needs CUDA (and accelerate)")
-            self.pipe.enable_sequential_cpu_offload()
-        if cfg.enable_attention_slicing:
-            self.pipe.enable_attention_slicing(1)
-        if cfg.enable_channels_last_format:
-            self.pipe.unet.to(memory_format=torch.channels_last)
-        cleanup()
-
-        self.vae = self.pipe.vae.eval()
-        self.unet = self.pipe.unet.eval()
-        for p in self.vae.parameters():
-            p.requires_grad_(False)
-        for p in self.unet.parameters():
-            p.requires_grad_(False)
+        apply_pipeline_options(self.pipe, cfg, self.device)
+        self.vae = freeze(self.pipe.vae)
+        self.unet = freeze(self.pipe.unet)
 
         if cfg.token_merging:
             try:
@@ -133,11 +116,7 @@ class StableDiffusionGuidance(BaseObject):
                 raise ImportError("token_merging=true needs the 'tomesd' package (pip install tomesd)") from exc
             tomesd.apply_patch(self.unet, **(cfg.token_merging_params or {}))
 
-        self.scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=local_only)
-        self.num_train_timesteps = self.scheduler.config.num_train_timesteps
-        self.set_min_max_steps()
-        self.alphas: Float[Tensor, "T"] = self.scheduler.alphas_cumprod.to(self.device)
-        self.grad_clip_val: Optional[float] = None
+        self.init_timesteps(DDIMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=local_only))
 
         # native image size (512 for SD 2.1 base) and latent size (64)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -145,36 +124,11 @@ class StableDiffusionGuidance(BaseObject):
         self.resolution = self.latent_size * self.vae_scale_factor
 
         self.predictor = UNetNoisePredictor.from_guidance(self)
-        self.sds = SDS(
-            {
-                "guidance_scale": cfg.guidance_scale,
-                "min_step_percent": cfg.min_step_percent,
-                "max_step_percent": cfg.max_step_percent,
-                "weighting_strategy": cfg.weighting_strategy,
-                "grad_clip": cfg.grad_clip,
-                "sqrt_anneal": cfg.sqrt_anneal,
-                "trainer_max_steps": cfg.trainer_max_steps,
-            },
-            num_train_timesteps=self.num_train_timesteps,
-        )
+        self.sds = self.build_sds(sqrt_anneal=cfg.sqrt_anneal, trainer_max_steps=cfg.trainer_max_steps)
         threestudio.info("Loaded Stable Diffusion!")
 
     # ------------------------------------------------------------------ threestudio helpers
-    def set_min_max_steps(self, min_step_percent: float = 0.02, max_step_percent: float = 0.98) -> None:
-        self.min_step = int(self.num_train_timesteps * min_step_percent)
-        self.max_step = int(self.num_train_timesteps * max_step_percent)
-
-    def forward_unet(
-        self, latents: Float[Tensor, "..."], t: Float[Tensor, "..."], encoder_hidden_states: Float[Tensor, "..."]
-    ) -> Float[Tensor, "..."]:
-        """``unet(latents, t, text)`` in the weights' dtype, returned in the input's dtype."""
-        input_dtype = latents.dtype
-        return self.unet(
-            latents.to(self.weights_dtype),
-            t.to(self.weights_dtype),
-            encoder_hidden_states=encoder_hidden_states.to(self.weights_dtype),
-        ).sample.to(input_dtype)
-
+    # set_min_max_steps and forward_unet come from DiffusersGuidanceMixin
     def encode_images(self, imgs: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 4 h w"]:
         """Images in [0, 1] -> VAE posterior sample * scaling_factor (differentiable)."""
         input_dtype = imgs.dtype
@@ -230,20 +184,8 @@ class StableDiffusionGuidance(BaseObject):
         else:
             latents = self.encode_images(rgb_BCHW_native)
 
-        # t ~ U{min_step, ..., max_step} from this object's range (subclasses and update_step set it)
-        t = torch.randint(self.min_step, self.max_step + 1, [batch_size], dtype=torch.long, device=self.device)
-        text_embeddings = prompt_utils.get_text_embeddings(
-            elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting
-        )
-        cond, uncond = text_embeddings.chunk(2)
-        self.sds.grad_clip_val = self.grad_clip_val
-        out = self.sds(latents, self.predictor, cond, uncond, t=t)
-        guidance_out: Dict[str, Any] = {
-            "loss_sds": out.loss_sds,
-            "grad_norm": out.grad.norm(),
-            "min_step": self.min_step,
-            "max_step": self.max_step,
-        }
+        out, text_embeddings = self.sample_sds(latents, prompt_utils, elevation, azimuth, camera_distances)
+        guidance_out = sds_outputs(out, self.min_step, self.max_step)
 
         if self.cfg.use_img_loss:
             # HiFA (Zhu et al. 2023) image-space SDS: x0_hat = (x_t - sigma eps_hat) / alpha,
@@ -260,12 +202,7 @@ class StableDiffusionGuidance(BaseObject):
             guidance_out["loss_sds_img"] = 0.5 * F.mse_loss(rgb_BCHW_native, target_img, reduction="sum") / batch_size
 
         if guidance_eval:
-            eval_out = self.guidance_eval(out.t, text_embeddings, out.x_t, out.eps_pred)
-            eval_out["texts"] = [
-                f"n{n:.02f}\ne{e.item():.01f}\na{a.item():.01f}\nc{c.item():.02f}"
-                for n, e, a, c in zip(eval_out["noise_levels"], elevation, azimuth, camera_distances)
-            ]
-            guidance_out["eval"] = eval_out
+            self.add_guidance_eval(guidance_out, out, text_embeddings, elevation, azimuth, camera_distances)
         return guidance_out
 
     @torch.no_grad()
@@ -284,33 +221,17 @@ class StableDiffusionGuidance(BaseObject):
         """Previews of what the guidance sees: the noisy input, one DDIM step, the one-step
         x0 estimate, and a full 50-step DDIM denoising (eta=1) from ``t``, for the first
         ``max_items_eval`` items."""
-        self.scheduler.set_timesteps(50)
-        timesteps = self.scheduler.timesteps.to(self.device)
-        bs = min(self.cfg.max_items_eval, latents_noisy.shape[0]) if self.cfg.max_items_eval > 0 else latents_noisy.shape[0]
-        # the first of the 50 timesteps not larger than t
-        large_enough = timesteps.expand([bs, -1]) > t_orig[:bs].unsqueeze(-1)
-        idxs = torch.min(large_enough, dim=1)[1]
-        t = timesteps[idxs]
-        fracs = list((t / self.scheduler.config.num_train_timesteps).cpu().numpy())
+        bs, idxs, t, fracs = eval_timesteps(
+            self.scheduler, t_orig, latents_noisy.shape[0], self.cfg.max_items_eval, self.device
+        )
         imgs_noisy = self.decode_latents(latents_noisy[:bs]).permute(0, 2, 3, 1)
-        latents_1step, pred_1orig = [], []
-        for b in range(bs):
-            step = self.scheduler.step(noise_pred[b : b + 1], t[b], latents_noisy[b : b + 1], eta=1)
-            latents_1step.append(step["prev_sample"])
-            pred_1orig.append(step["pred_original_sample"])
-        latents_1step = torch.cat(latents_1step)
-        pred_1orig = torch.cat(pred_1orig)
+        latents_1step, pred_1orig, latents_final = denoise_previews(
+            self.scheduler, noise_pred, t, idxs, latents_noisy, text_embeddings,
+            text_embeddings.shape[0] // 2, self.get_noise_pred, eta=1,
+        )
         imgs_1step = self.decode_latents(latents_1step).permute(0, 2, 3, 1)
         imgs_1orig = self.decode_latents(pred_1orig).permute(0, 2, 3, 1)
-        n = text_embeddings.shape[0] // 2
-        latents_final = []
-        for b, i in enumerate(idxs):
-            latents = latents_1step[b : b + 1]
-            text_emb = text_embeddings[[b, b + n], ...]
-            for tt in self.scheduler.timesteps[i + 1 :]:
-                latents = self.scheduler.step(self.get_noise_pred(latents, tt, text_emb), tt, latents, eta=1)["prev_sample"]
-            latents_final.append(latents)
-        imgs_final = self.decode_latents(torch.cat(latents_final)).permute(0, 2, 3, 1)
+        imgs_final = self.decode_latents(latents_final).permute(0, 2, 3, 1)
         return {
             "bs": bs,
             "noise_levels": fracs,
@@ -321,9 +242,7 @@ class StableDiffusionGuidance(BaseObject):
         }
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
-        # grad clipping (Hong et al. 2023, "Debiasing Scores and Prompts of 2D Diffusion")
-        if self.cfg.grad_clip is not None:
-            self.grad_clip_val = C(self.cfg.grad_clip, epoch, global_step)
+        self.update_grad_clip(epoch, global_step)
         if self.cfg.sqrt_anneal:
             # HiFA: one t annealed from max to min with sqrt(progress)
             percentage = (float(global_step) / self.cfg.trainer_max_steps) ** 0.5
@@ -333,7 +252,4 @@ class StableDiffusionGuidance(BaseObject):
             curr = (max_step_percent - min_p) * (1 - percentage) + min_p
             self.set_min_max_steps(min_step_percent=curr, max_step_percent=curr)
         else:
-            self.set_min_max_steps(
-                min_step_percent=C(self.cfg.min_step_percent, epoch, global_step),
-                max_step_percent=C(self.cfg.max_step_percent, epoch, global_step),
-            )
+            self.update_step_range(epoch, global_step)
