@@ -4,7 +4,9 @@
 four view-dependent variants (side / front / back / overhead), caches them on disk under
 ``.threestudio_cache/text_embeddings`` (``$DDPO3D_TEXT_EMBEDDING_CACHE`` overrides, our
 addition) keyed by ``md5(f"{model}-{prompt}")``, and returns a :class:`PromptProcessorOutput`
-that picks the embedding of each camera's direction.
+that picks the embedding of each camera's direction. :class:`EncoderPromptProcessor` adds
+what the tokenizer + text-encoder processors share (with :func:`freeze_text_encoder` and
+:func:`save_text_embeddings` for their loaders and ``spawn_func``).
 
 Also here: :func:`resolve_pretrained`, how the runtime finds diffusers / transformers weights
 (a local directory, else the Hugging Face cache, never a download unless
@@ -23,7 +25,7 @@ import torch
 import ddpo3d.lite as threestudio
 from ddpo3d.lite.utils.base import BaseObject
 from ddpo3d.lite.utils.misc import cleanup
-from ddpo3d.utils.typing import Callable, Dict, Float, List, Optional, Tensor, Tuple
+from ddpo3d.utils.typing import Any, Callable, Dict, Float, List, Optional, Tensor, Tuple, Union
 
 DEFAULT_CACHE_DIR = ".threestudio_cache/text_embeddings"
 
@@ -172,6 +174,40 @@ class PromptProcessorOutput:
 
     def get_text_embeddings_perp_neg(self, *args, **kwargs):
         raise NotImplementedError("Perp-Neg (use_perp_neg) is not supported by the built-in runtime")
+
+
+def freeze_text_encoder(text_encoder: Any, device: Any) -> Any:
+    """``text_encoder`` on ``device`` in eval mode with every parameter's ``requires_grad`` off.
+
+    Args:
+        text_encoder: a transformers text encoder.
+        device: where it runs.
+
+    Returns:
+        the frozen encoder.
+    """
+    text_encoder = text_encoder.to(device).eval()
+    for p in text_encoder.parameters():
+        p.requires_grad_(False)
+    return text_encoder
+
+
+def save_text_embeddings(
+    pretrained_model_name_or_path: str, prompts: List[str], text_embeddings: Float[Tensor, "B N D"], cache_dir: str
+) -> None:
+    """Save one ``<hash_prompt(model, prompt)>.pt`` (``[N, D]``, on the CPU) per prompt under ``cache_dir``.
+
+    Args:
+        pretrained_model_name_or_path: the model the embeddings come from (part of the hash).
+        prompts: the encoded prompts, in order.
+        text_embeddings: their embeddings.
+        cache_dir: an existing folder.
+    """
+    for prompt, embedding in zip(prompts, text_embeddings):
+        torch.save(
+            embedding.detach().cpu(),
+            os.path.join(cache_dir, f"{hash_prompt(pretrained_model_name_or_path, prompt)}.pt"),
+        )
 
 
 class PromptProcessor(BaseObject):
@@ -354,3 +390,34 @@ class PromptProcessor(BaseObject):
             perp_neg_f_fs=tuple(self.cfg.perp_neg_f_fs),
             perp_neg_f_sf=tuple(self.cfg.perp_neg_f_sf),
         )
+
+
+class EncoderPromptProcessor(PromptProcessor):
+    """A prompt processor whose ``configure_text_encoder`` sets ``self.tokenizer`` /
+    ``self.text_encoder`` and that encodes a prompt list with :meth:`encode_prompts`
+    (not registered; the Stable Diffusion and DeepFloyd processors build on it)."""
+
+    def encode_prompts(self, prompts: List[str]) -> Float[Tensor, "B N D"]:
+        """Embeddings of ``prompts`` with the loaded tokenizer and encoder."""
+        raise NotImplementedError
+
+    def destroy_text_encoder(self) -> None:
+        del self.tokenizer
+        del self.text_encoder
+        cleanup()
+
+    def get_text_embeddings(
+        self, prompt: Union[str, List[str]], negative_prompt: Union[str, List[str]]
+    ) -> Tuple[Float[Tensor, "B N D"], Float[Tensor, "B N D"]]:
+        """Embeddings of prompts and negative prompts (needs :meth:`configure_text_encoder`).
+
+        Args:
+            prompt: one prompt or a list.
+            negative_prompt: one negative prompt or a list.
+
+        Returns:
+            ``(text_embeddings, uncond_text_embeddings)``, each ``[B, N, D]`` (``N`` = 77 tokens).
+        """
+        prompt = [prompt] if isinstance(prompt, str) else list(prompt)
+        negative_prompt = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+        return self.encode_prompts(prompt), self.encode_prompts(negative_prompt)

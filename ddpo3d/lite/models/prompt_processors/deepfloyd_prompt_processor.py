@@ -21,9 +21,15 @@ from dataclasses import dataclass
 import torch
 
 import ddpo3d.lite as threestudio
-from ddpo3d.lite.models.prompt_processors.base import PromptProcessor, hash_prompt, resolve_pretrained
-from ddpo3d.lite.utils.misc import cleanup, get_device
-from ddpo3d.utils.typing import Any, Float, List, Optional, Tensor, Tuple, Union
+from ddpo3d.lite.models.prompt_processors.base import (
+    EncoderPromptProcessor,
+    PromptProcessor,
+    freeze_text_encoder,
+    resolve_pretrained,
+    save_text_embeddings,
+)
+from ddpo3d.lite.utils.misc import get_device
+from ddpo3d.utils.typing import Any, Float, List, Optional, Tensor, Tuple
 
 #: T5 prompt length of DeepFloyd IF (``IFPipeline.encode_prompt``)
 MAX_LENGTH = 77
@@ -67,10 +73,7 @@ def load_t5_tokenizer_and_encoder(pretrained_model_name_or_path: str, device: An
             kwargs["variant"] = "fp16"
     tokenizer = T5Tokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=local_only)
     text_encoder = T5EncoderModel.from_pretrained(path, subfolder="text_encoder", **kwargs)
-    text_encoder = text_encoder.to(device).eval()
-    for p in text_encoder.parameters():
-        p.requires_grad_(False)
-    return tokenizer, text_encoder
+    return tokenizer, freeze_text_encoder(text_encoder, device)
 
 
 def encode_t5(tokenizer: Any, text_encoder: Any, prompts: List[str], device: Any) -> Float[Tensor, "B 77 D"]:
@@ -93,7 +96,7 @@ def encode_t5(tokenizer: Any, text_encoder: Any, prompts: List[str], device: Any
 
 
 @threestudio.register("deep-floyd-prompt-processor")
-class DeepFloydPromptProcessor(PromptProcessor):
+class DeepFloydPromptProcessor(EncoderPromptProcessor):
     """Prompt processor for DeepFloyd IF: T5 embeddings of the prompt, negative prompt and
     view-dependent prompts, with the base class's config keys and disk cache.
 
@@ -113,28 +116,8 @@ class DeepFloydPromptProcessor(PromptProcessor):
             self.cfg.pretrained_model_name_or_path, self.device
         )
 
-    def destroy_text_encoder(self) -> None:
-        del self.tokenizer
-        del self.text_encoder
-        cleanup()
-
-    def get_text_embeddings(
-        self, prompt: Union[str, List[str]], negative_prompt: Union[str, List[str]]
-    ) -> Tuple[Float[Tensor, "B 77 D"], Float[Tensor, "B 77 D"]]:
-        """Embeddings of prompts and negative prompts (needs :meth:`configure_text_encoder`).
-
-        Args:
-            prompt: one prompt or a list.
-            negative_prompt: one negative prompt or a list.
-
-        Returns:
-            ``(text_embeddings, uncond_text_embeddings)``, each ``[B, 77, D]``.
-        """
-        prompt = [prompt] if isinstance(prompt, str) else list(prompt)
-        negative_prompt = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
-        emb = encode_t5(self.tokenizer, self.text_encoder, prompt, self.device)
-        uncond = encode_t5(self.tokenizer, self.text_encoder, negative_prompt, self.device)
-        return emb, uncond
+    def encode_prompts(self, prompts: List[str]) -> Float[Tensor, "B 77 D"]:
+        return encode_t5(self.tokenizer, self.text_encoder, prompts, self.device)
 
     @staticmethod
     def spawn_func(
@@ -151,9 +134,5 @@ class DeepFloydPromptProcessor(PromptProcessor):
         device = get_device() if device is None else device
         tokenizer, text_encoder = load_t5_tokenizer_and_encoder(pretrained_model_name_or_path, device)
         text_embeddings = encode_t5(tokenizer, text_encoder, prompts, device)
-        for prompt, embedding in zip(prompts, text_embeddings):
-            torch.save(
-                embedding.detach().cpu(),
-                os.path.join(cache_dir, f"{hash_prompt(pretrained_model_name_or_path, prompt)}.pt"),
-            )
+        save_text_embeddings(pretrained_model_name_or_path, prompts, text_embeddings, cache_dir)
         del text_encoder
