@@ -247,3 +247,35 @@ def test_every_reward_block_builds(block, tiny):
     r = build_reward(terms if len(terms) > 1 else terms[0])
     scores = r(torch.rand(2, 32, 32, 3), ["a hamburger", "a hamburger"])
     assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+def _real_weights_available() -> bool:
+    from ddpo3d.lite.models.prompt_processors.base import resolve_pretrained
+    from ddpo3d.weights import WeightsNotFoundError
+
+    try:
+        resolve_pretrained("stabilityai/stable-diffusion-2-1-base", "Stable Diffusion 2.1 base")
+        from ddpo3d.rewards import build_reward
+
+        build_reward({"type": "aesthetic"})
+        return True
+    except (WeightsNotFoundError, FileNotFoundError):
+        return False
+
+
+@pytest.mark.weights
+@pytest.mark.slow
+def test_dreamfusion_ddpo_with_real_weights(tmp_path):
+    """SD 2.1 base + CLIP ViT-L/14 + the aesthetic head, when they are on disk: a short real run."""
+    if not _real_weights_available():
+        pytest.skip("SD 2.1 base, CLIP ViT-L-14 (openai) or the aesthetic head is not on disk")
+    from launch import main
+
+    config = ROOT / "custom" / "threestudio-ddpo3d" / "configs" / "dreamfusion-ddpo.yaml"
+    rc = main(["--config", str(config), "--train", f"exp_root_dir={tmp_path}", "use_timestamp=false", "tag=real",
+               "system.prompt_processor.prompt=a delicious hamburger", "trainer.max_steps=3",
+               "trainer.val_check_interval=3", "data.n_val_views=1", "data.n_test_views=2"])
+    assert rc == 0
+    metrics = read_metrics(next(tmp_path.glob("*/real/save/metrics.csv")))
+    assert all(math.isfinite(v) for v in metrics[("train", "loss_ddpo")])
+    assert ("test", "reward") in metrics
