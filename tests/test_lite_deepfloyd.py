@@ -16,18 +16,7 @@ from ddpo3d.testing import tiny_if
 from ddpo3d.testing.tiny_if import build_t5_tokenizer, build_tiny_if_pipeline
 from ddpo3d.utils.config import ConfigError
 from ddpo3d.weights import WeightsNotFoundError
-
-
-@pytest.fixture(scope="module")
-def tiny_if_path(tmp_path_factory):
-    return build_tiny_if_pipeline(str(tmp_path_factory.getbasetemp() / "tiny_if"))
-
-
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    d = tmp_path / "emb_cache"
-    monkeypatch.setenv("DDPO3D_TEXT_EMBEDDING_CACHE", str(d))
-    return d
+from helpers import cache_dir, tiny_if_path  # noqa: F401  (fixtures)
 
 
 def make_pp(path, **kw):

@@ -1,23 +1,15 @@
 """The shipped configs/dreamfusion-if.yaml, reduced, trains and tests to the end through
 launch.py on CPU with the tiny offline DeepFloyd IF pipeline (no weights downloaded)."""
 
-import csv
-import glob
 import math
 import os
 
 import imageio
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, reduced_overrides, tiny_if_path, train_loss_rows  # noqa: F401  (tiny_if_path: fixture)
+
 CONFIG = os.path.join(ROOT, "configs", "dreamfusion-if.yaml")
-
-
-@pytest.fixture(scope="module")
-def tiny_if_path(tmp_path_factory):
-    from ddpo3d.testing.tiny_if import build_tiny_if_pipeline
-
-    return build_tiny_if_pipeline(str(tmp_path_factory.getbasetemp() / "tiny_if"))
 
 
 def test_config_keeps_threestudio_stock_values():
@@ -49,17 +41,8 @@ def test_reduced_dreamfusion_if_trains_and_tests(tiny_if_path, tmp_path, capsys,
     import launch
 
     monkeypatch.setenv("DDPO3D_TEXT_EMBEDDING_CACHE", str(tmp_path / "emb"))
-    overrides = [
-        "system.prompt_processor.prompt=a delicious hamburger",
-        f"system.prompt_processor.pretrained_model_name_or_path={tiny_if_path}",
-        f"system.guidance.pretrained_model_name_or_path={tiny_if_path}",
-        "trainer.max_steps=3", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
-        "data.width=32", "data.height=32", "data.eval_width=32", "data.eval_height=32",
-        "data.n_val_views=1", "data.n_test_views=2",
-        "system.renderer.num_samples_per_ray=16",
-        f"exp_root_dir={tmp_path}", "use_timestamp=false",
-    ]
-    rc = launch.main(["--config", CONFIG, "--train", "--gpu", "0"] + overrides, custom_dirs=[])
+    rc = launch.main(["--config", CONFIG, "--train", "--gpu", "0"] + reduced_overrides(tiny_if_path, tmp_path),
+                     custom_dirs=[])
     err = capsys.readouterr().err
     assert rc == 0, err
     trial = tmp_path / "dreamfusion-if" / "a_delicious_hamburger"
@@ -67,8 +50,7 @@ def test_reduced_dreamfusion_if_trains_and_tests(tiny_if_path, tmp_path, capsys,
     assert (trial / "save" / "it2-0.png").is_file()
     video = imageio.mimread(str(trial / "save" / "it3-test.mp4"))
     assert len(video) == 2 and video[0].shape[0] == 32
-    with open(glob.glob(str(trial / "csv_logs" / "version_*" / "metrics.csv"))[0]) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("train/loss_sds")]
+    rows = train_loss_rows(trial)
     assert len(rows) == 3
     for r in rows:
         for key in ("train/loss_sds", "train/loss", "train/grad_norm", "train/loss_sparsity"):

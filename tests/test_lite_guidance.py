@@ -6,14 +6,10 @@ import torch
 import ddpo3d.lite as threestudio
 from ddpo3d.lite.models.guidance.stable_diffusion_guidance import StableDiffusionGuidance
 from ddpo3d.lite.models.prompt_processors.stable_diffusion_prompt_processor import StableDiffusionPromptProcessor
-from ddpo3d.testing.tiny_sd import NATIVE_RESOLUTION, build_tiny_sd_pipeline
+from ddpo3d.testing.tiny_sd import NATIVE_RESOLUTION
 from ddpo3d.utils.config import ConfigError
 from ddpo3d.weights import WeightsNotFoundError
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return build_tiny_sd_pipeline(str(tmp_path_factory.getbasetemp() / "tiny_sd"))
+from helpers import tiny_sd  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")

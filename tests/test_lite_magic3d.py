@@ -1,8 +1,6 @@
 """magic3d-system on the built-in runtime: coarse-stage losses, the refinement error, and a
 reduced run of the shipped configs/magic3d-coarse-sd.yaml through launch.py (tiny SD)."""
 
-import csv
-import glob
 import math
 import os
 import random
@@ -18,8 +16,8 @@ from ddpo3d.lite.systems.dreamfusion import DreamFusion
 from ddpo3d.lite.systems.magic3d import Magic3D
 from ddpo3d.lite.utils.ops import binary_cross_entropy
 from ddpo3d.utils.config import ConfigError
+from helpers import ROOT, reduced_overrides, tiny_sd, train_loss_rows  # noqa: F401  (tiny_sd: fixture)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "magic3d-coarse-sd.yaml")
 
 
@@ -135,28 +133,6 @@ def test_magic3d_reuses_dreamfusion_outputs():
 
 
 # ---------------------------------------------------------------- the shipped config, reduced
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    from ddpo3d.testing.tiny_sd import build_tiny_sd_pipeline
-
-    return build_tiny_sd_pipeline(str(tmp_path_factory.getbasetemp() / "tiny_sd"))
-
-
-def reduced_overrides(pipeline, root, steps=3):
-    return [
-        "system.prompt_processor.prompt=a delicious hamburger",
-        f"system.prompt_processor.pretrained_model_name_or_path={pipeline}",
-        f"system.guidance.pretrained_model_name_or_path={pipeline}",
-        f"trainer.max_steps={steps}",
-        "trainer.val_check_interval=2",
-        "trainer.enable_progress_bar=false",
-        "data.width=32", "data.height=32", "data.eval_width=32", "data.eval_height=32",
-        "data.n_val_views=1", "data.n_test_views=2",
-        "system.renderer.num_samples_per_ray=16",
-        f"exp_root_dir={root}", "use_timestamp=false",
-    ]
-
-
 @pytest.mark.slow
 def test_reduced_magic3d_coarse_sd_trains_and_tests(tiny_sd, tmp_path, capsys, monkeypatch):
     import launch
@@ -170,8 +146,7 @@ def test_reduced_magic3d_coarse_sd_trains_and_tests(tiny_sd, tmp_path, capsys, m
     assert (trial / "save" / "it2-0.png").is_file()
     video = imageio.mimread(str(trial / "save" / "it3-test.mp4"))
     assert len(video) == 2 and video[0].shape[0] == 32
-    with open(glob.glob(str(trial / "csv_logs" / "version_*" / "metrics.csv"))[0]) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("train/loss_sds")]
+    rows = train_loss_rows(trial)
     assert len(rows) == 3
     for r in rows:
         for key in ("train/loss_sds", "train/loss", "train/loss_sparsity", "train/loss_opaque", "train/loss_orient"):

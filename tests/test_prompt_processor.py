@@ -8,21 +8,9 @@ import torch
 import ddpo3d.lite as threestudio
 from ddpo3d.lite.models.prompt_processors.base import hash_prompt, shift_azimuth_deg
 from ddpo3d.lite.models.prompt_processors.stable_diffusion_prompt_processor import StableDiffusionPromptProcessor
-from ddpo3d.testing.tiny_sd import build_tiny_sd_pipeline
 from ddpo3d.utils.config import ConfigError
 from ddpo3d.weights import WeightsNotFoundError
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return build_tiny_sd_pipeline(str(tmp_path_factory.getbasetemp() / "tiny_sd"))
-
-
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    d = tmp_path / "emb_cache"
-    monkeypatch.setenv("DDPO3D_TEXT_EMBEDDING_CACHE", str(d))
-    return d
+from helpers import cache_dir, tiny_sd  # noqa: F401  (fixtures)
 
 
 def make(tiny_sd, **kw):
