@@ -14,7 +14,7 @@ import torch.nn as nn
 
 import ddpo3d.lite as threestudio
 from ddpo3d.lite.models.mesh import Mesh
-from ddpo3d.utils.typing import Float, Optional, Tensor, Tuple
+from ddpo3d.utils.typing import Any, Float, Optional, Tensor, Tuple
 
 
 class IsosurfaceHelper(nn.Module):
@@ -70,6 +70,31 @@ class MarchingCubeCPUHelper(IsosurfaceHelper):
         return Mesh(v_pos=v_pos, t_pos_idx=t_pos_idx)
 
 
+def resolve_threshold(field: Float[Tensor, "..."], threshold: Any, name: str = "isosurface threshold") -> float:
+    """A level value, or for ``"auto"`` the mean of the field values above 1e-5 (threestudio's rule).
+
+    Args:
+        field: the sampled field.
+        threshold: a number or ``"auto"``.
+        name: how error messages call the setting.
+
+    Returns:
+        the threshold as a float.
+
+    Raises:
+        TypeError: a string other than ``"auto"``.
+        ValueError: ``"auto"`` on a field that is nowhere above 1e-5.
+    """
+    if isinstance(threshold, str):
+        if threshold != "auto":
+            raise TypeError(f"Unknown {name} {threshold!r}: use a number or 'auto'")
+        positive = field[field > 1.0e-5]
+        if positive.numel() == 0:
+            raise ValueError(f"{name} 'auto': the field is nowhere above 1e-5 (empty scene)")
+        threshold = positive.mean().item()
+    return float(threshold)
+
+
 def isosurface_from_field(
     geometry, bbox: Float[Tensor, "2 3"], resolution: int, threshold, chunk: int = 0
 ) -> Mesh:
@@ -99,14 +124,8 @@ def isosurface_from_field(
             chunk,
             helper.grid_vertices,
         )
-    if isinstance(threshold, str):
-        if threshold != "auto":
-            raise TypeError(f"Unknown isosurface threshold {threshold!r}: use a number or 'auto'")
-        positive = field[field > 1.0e-5]
-        if positive.numel() == 0:
-            raise ValueError("isosurface threshold 'auto': the field is nowhere above 1e-5 (empty scene)")
-        threshold = positive.mean().item()
-    mesh = helper(geometry.forward_level(field, float(threshold)))
+    threshold = resolve_threshold(field, threshold)
+    mesh = helper(geometry.forward_level(field, threshold))
     if mesh.v_pos.shape[0] == 0:
         raise ValueError(
             f"no surface at isosurface threshold {float(threshold):g}: the field ranges over "

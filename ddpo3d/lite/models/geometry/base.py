@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 import ddpo3d.lite as threestudio
-from ddpo3d.lite.models.isosurface import IsosurfaceHelper, MarchingCubeCPUHelper
+from ddpo3d.lite.models.isosurface import IsosurfaceHelper, MarchingCubeCPUHelper, resolve_threshold
 from ddpo3d.lite.models.mesh import Mesh
 from ddpo3d.lite.utils.base import BaseModule
 from ddpo3d.lite.utils.ops import chunk_batch, scale_tensor
@@ -121,16 +121,9 @@ class BaseImplicitGeometry(BaseGeometry):
 
         field, deformation = chunk_batch(batch_func, self.cfg.isosurface_chunk, helper.grid_vertices)
 
-        threshold = self.cfg.isosurface_threshold
-        if isinstance(threshold, str):
-            if threshold != "auto":
-                raise TypeError(f"Unknown isosurface_threshold {threshold!r}: use a number or 'auto'")
-            positive = field[field > 1.0e-5]
-            if positive.numel() == 0:
-                raise ValueError("isosurface_threshold 'auto': the field is nowhere above 1e-5 (empty scene)")
-            threshold = positive.mean().item()
+        threshold = resolve_threshold(field, self.cfg.isosurface_threshold, "isosurface_threshold")
+        if isinstance(self.cfg.isosurface_threshold, str):
             threestudio.info(f"Automatically determined isosurface threshold: {threshold}")
-        threshold = float(threshold)
 
         level = self.forward_level(field, threshold)
         mesh = helper(level, deformation=deformation)
