@@ -72,3 +72,26 @@ def train_loss_rows(trial) -> List[Dict[str, str]]:
     """Rows of the trial's CSV log (``csv_logs/version_*/metrics.csv``) that hold ``train/loss_sds``."""
     with open(glob.glob(str(trial / "csv_logs" / "version_*" / "metrics.csv"))[0]) as f:
         return [r for r in csv.DictReader(f) if r.get("train/loss_sds")]
+
+
+def fake_hf_file(cache, repo_id: str, filename: str, payload: bytes = b"weights") -> str:
+    """Write ``filename`` into a Hugging Face hub cache layout (``models--org--name/refs/main``
+    naming a snapshot that holds the file), as ``huggingface_hub`` leaves it after a download.
+
+    Args:
+        cache: the hub cache folder (a ``pathlib.Path``).
+        repo_id: ``org/name``.
+        filename: path inside the repository (sub-folders allowed).
+        payload: the file's bytes.
+
+    Returns:
+        the snapshot file's path.
+    """
+    folder = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = "1" * 40
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    snap = folder / "snapshots" / commit
+    (snap / filename).parent.mkdir(parents=True, exist_ok=True)
+    (snap / filename).write_bytes(payload)
+    return str(snap / filename)

@@ -17,6 +17,7 @@ from ddpo3d.testing.tiny_clip import (
     write_tiny_clip_checkpoint,
 )
 from ddpo3d.utils.config import ConfigError
+from helpers import fake_hf_file
 
 PROMPTS = ["a red car", "a blue house", "a red car", "a tree"]
 PUBLISHED_HEAD_KEYS = [f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")]
@@ -206,21 +207,10 @@ def test_missing_aesthetic_head_message(empty_caches):
     assert "head_path" in msg and "wget" in msg
 
 
-def _fake_hf_file(cache, repo_id, filename, payload=b"x"):
-    folder = cache / ("models--" + repo_id.replace("/", "--"))
-    commit = "0" * 40
-    (folder / "refs").mkdir(parents=True, exist_ok=True)
-    (folder / "refs" / "main").write_text(commit)
-    snap = folder / "snapshots" / commit
-    snap.mkdir(parents=True, exist_ok=True)
-    (snap / filename).write_bytes(payload)
-    return str(snap / filename)
-
-
 def test_pretrained_tag_is_found_in_hf_cache_without_download(empty_caches):
     import open_clip
 
-    expected = _fake_hf_file(empty_caches / "hf", "timm/vit_large_patch14_clip_224.openai", "open_clip_pytorch_model.bin")
+    expected = fake_hf_file(empty_caches / "hf", "timm/vit_large_patch14_clip_224.openai", "open_clip_pytorch_model.bin")
     path, pcfg = _find_pretrained_file(open_clip, "ViT-L-14", "openai", None, False, "test")
     assert path == expected and pcfg["quick_gelu"] is True
     # an extra cache folder given in the config is searched too (open_clip URL layout)
@@ -276,7 +266,7 @@ def test_aesthetic_head_layout_errors(tmp_path, head_file):
 def test_aesthetic_head_from_hf_cache_reference(tmp_path, monkeypatch, head_file):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     payload = open(head_file[0], "rb").read()
-    _fake_hf_file(tmp_path / "hf", "someone/aesthetic", "sac+logos+ava1-l14-linearMSE.pth", payload)
+    fake_hf_file(tmp_path / "hf", "someone/aesthetic", "sac+logos+ava1-l14-linearMSE.pth", payload)
     r = build_reward(
         {"type": "aesthetic", "head_path": "someone/aesthetic/sac+logos+ava1-l14-linearMSE.pth", **tiny_clip_options()}
     )

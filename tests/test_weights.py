@@ -7,18 +7,7 @@ import pytest
 
 from ddpo3d import weights
 from ddpo3d.weights import WeightsNotFoundError, find_hf_file, resolve_weights_file, split_hf_spec
-
-
-def _fake_hf_file(cache, repo_id, filename, payload=b"weights"):
-    folder = cache / ("models--" + repo_id.replace("/", "--"))
-    commit = "1" * 40
-    (folder / "refs").mkdir(parents=True, exist_ok=True)
-    (folder / "refs" / "main").write_text(commit)
-    snap = folder / "snapshots" / commit
-    snap.mkdir(parents=True, exist_ok=True)
-    (snap / filename).parent.mkdir(parents=True, exist_ok=True)
-    (snap / filename).write_bytes(payload)
-    return str(snap / filename)
+from helpers import fake_hf_file
 
 
 @pytest.fixture
@@ -92,7 +81,7 @@ def test_home_is_expanded(tmp_path, monkeypatch, no_download):
 
 
 def test_hub_reference_found_in_cache(hf_cache, no_download):
-    expected = _fake_hf_file(hf_cache, "org/repo", "sub/w.pth")
+    expected = fake_hf_file(hf_cache, "org/repo", "sub/w.pth")
     assert resolve_weights_file("m", "org/repo/sub/w.pth") == expected
     assert find_hf_file("org/repo", "sub/w.pth") == expected
     assert find_hf_file("org/repo", "other.pth") is None
@@ -102,7 +91,7 @@ def test_defaults_are_tried_in_order(tmp_path, hf_cache, no_download):
     second = tmp_path / "second.pt"
     second.write_bytes(b"x")
     assert resolve_weights_file("m", None, [str(tmp_path / "first.pt"), str(second)]) == str(second)
-    hub = _fake_hf_file(hf_cache, "org/repo", "w.bin")
+    hub = fake_hf_file(hf_cache, "org/repo", "w.bin")
     assert resolve_weights_file("m", None, [str(tmp_path / "none.pt")], [("org/repo", "w.bin")]) == hub
 
 
