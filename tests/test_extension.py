@@ -33,7 +33,15 @@ def reduced_overrides(tiny, config: Path, out: Path) -> list:
     text = config.read_text()
     pipe = tiny["if"] if "deep-floyd" in text else tiny["sd"]
     progressive = ["system.geometry.pos_encoding_config.start_level=2"] if "ProgressiveBandHashGrid" in text else []
-    return progressive + [
+    if "ddpo3d-gaussian-splat" in text:  # Gaussian splats: fewer points instead of the NeRF keys
+        geometry = ["system.geometry.num_points=500"]
+    else:
+        geometry = [
+            "system.renderer.num_samples_per_ray=16",
+            "system.geometry.pos_encoding_config.n_levels=4",
+            "system.geometry.pos_encoding_config.log2_hashmap_size=10",
+        ]
+    return progressive + geometry + [
         f"exp_root_dir={out}",
         "use_timestamp=false",
         "tag=reduced",
@@ -53,9 +61,6 @@ def reduced_overrides(tiny, config: Path, out: Path) -> list:
         "data.eval_height=32",
         "data.n_val_views=1",
         "data.n_test_views=2",
-        "system.renderer.num_samples_per_ray=16",
-        "system.geometry.pos_encoding_config.n_levels=4",
-        "system.geometry.pos_encoding_config.log2_hashmap_size=10",
     ]
 
 

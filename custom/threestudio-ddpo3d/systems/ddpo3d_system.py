@@ -34,7 +34,9 @@ from ddpo3d.utils.typing import Any, Dict, List, Optional
 from .metrics import MetricHistory
 
 REFERENCES = (None, "toy")
-TRAIN_KEYS_SKIP = ("train_params/",)
+# train_params/: the loss weights; train/densify_*: logged only on densification steps, so
+# Lightning's callback_metrics would repeat their last value at every later step
+TRAIN_KEYS_SKIP = ("train_params/", "train/densify_")
 
 
 @register("ddpo3d-system")
@@ -142,6 +144,8 @@ class DDPO3DSystem(DreamFusion):
                     values[key[len("train/"):]] = float(value)
                 except (TypeError, ValueError):
                     continue
+        values.update(getattr(self, "_densify_stats", None) or {})  # this step's densification only
+        self._densify_stats = None
         self.history.add(self.true_global_step, "train", values)
 
     def on_before_optimizer_step(self, optimizer):
@@ -160,6 +164,7 @@ class DDPO3DSystem(DreamFusion):
             self._densify_optimizer = None
             for k, v in stats.items():
                 self.log(f"train/densify_{k}", float(v))
+            self._densify_stats = {f"densify_{k}": float(v) for k, v in stats.items()}
         return result
 
     def configure_optimizers(self):
