@@ -157,3 +157,126 @@ def test_toy_gaussians_raise_fidelity_psnr(tmp_path):
     after = metrics[("test", "psnr")][-1][1]
     assert after > before + 10.0, (before, after)
     assert len(metrics[("train", "densify_num_points")]) == 3  # densified at 20, 40, 60
+
+
+# ----------------------------------------------------------------------------- real threestudio
+# The same reduced runs through threestudio 0.2.3's own load_config / datamodule / DreamFusion
+# base classes (so every key is checked against threestudio's Config classes too), in a
+# subprocess with DDPO3D_HOST=threestudio, set up as tests/test_threestudio_compat.py does.
+
+
+def _run_under_threestudio(configs: list, work: str, src: str) -> dict:
+    import importlib.util
+    import os
+    import sys
+    import traceback
+
+    os.environ["DDPO3D_HOST"] = "threestudio"
+    sys.path.insert(0, str(ROOT))
+    torch.set_num_threads(1)
+    import pytorch_lightning as pl
+    import threestudio
+    import threestudio.utils.misc as ts_misc
+    from threestudio.utils.config import load_config
+
+    original = ts_misc.get_device  # threestudio's get_device() is CUDA: point it at the CPU
+    for name, mod in list(sys.modules.items()):
+        if (name == "threestudio" or name.startswith("threestudio.")) and getattr(mod, "get_device", None) is original:
+            mod.get_device = lambda: torch.device("cpu")
+    if importlib.util.find_spec("accelerate") is None:  # its text encoder load uses device_map="auto"
+        import threestudio.models.prompt_processors.stable_diffusion_prompt_processor as sdpp
+
+        real_clip = sdpp.CLIPTextModel
+
+        class _NoDeviceMap:
+            @staticmethod
+            def from_pretrained(*args, **kwargs):
+                kwargs.pop("device_map", None)
+                return real_clip.from_pretrained(*args, **kwargs)
+
+        sdpp.CLIPTextModel = _NoDeviceMap
+    os.makedirs(work, exist_ok=True)
+    os.chdir(work)
+    if os.path.isdir(os.path.join(src, "load")) and not os.path.exists("load"):
+        os.symlink(os.path.join(src, "load"), "load")
+    spec = importlib.util.spec_from_file_location("threestudio_launch", os.path.join(src, "launch.py"))
+    ts_launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ts_launch)
+    ts_launch.load_custom_module(str(ROOT / "custom" / "threestudio-ddpo3d"))
+
+    register_tiny_clip()
+    tiny = {"sd": build_tiny_sd_pipeline(os.path.join(work, "tiny-sd")),
+            "head": write_aesthetic_head(os.path.join(work, "head.pth"))}
+    results = {}
+    for config in configs:
+        path = Path(config)
+        out = Path(work) / f"run-{path.stem}"
+        args = [a for a in run_args(out) if a.startswith(("trainer.max_steps", "trainer.val_check", "data."))]
+        args += gaussian_args()
+        if "ddpo3d-toy" in path.read_text():
+            args += ["data.width=16", "data.height=16"]
+        else:  # threestudio's prompt processor would spawn a process; not from a script without a main guard
+            args += sd_args(tiny) + ["system.prompt_processor.spawn=false"]
+        try:
+            cfg = load_config(str(path), cli_args=args, n_gpus=1)
+            dm = threestudio.find(cfg.data_type)(cfg.data)
+            system = threestudio.find(cfg.system_type)(cfg.system, resumed=False)
+            system.set_save_dir(str(out / "save"))
+            trainer = pl.Trainer(max_steps=cfg.trainer.max_steps, accelerator="cpu", devices=1, logger=False,
+                                 enable_checkpointing=False, num_sanity_val_steps=0,
+                                 val_check_interval=cfg.trainer.val_check_interval, enable_progress_bar=False,
+                                 enable_model_summary=False, log_every_n_steps=1, precision=cfg.trainer.precision)
+            trainer.fit(system, datamodule=dm)
+            fit = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            trainer.test(system, datamodule=dm)
+            files = sorted(str(p.relative_to(out / "save")) for p in (out / "save").rglob("*") if p.is_file())
+            results[path.name] = {"ok": True, "fit": fit, "files": files, "num_points": system.geometry.num_points}
+        except Exception:
+            results[path.name] = {"ok": False, "error": traceback.format_exc()}
+    return results
+
+
+@pytest.mark.threestudio
+@pytest.mark.slow
+def test_gaussian_configs_under_real_threestudio(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    src = os.environ.get("DDPO3D_THREESTUDIO_SRC")
+    if not src or not os.path.isfile(os.path.join(src, "threestudio", "__init__.py")):
+        pytest.skip("set DDPO3D_THREESTUDIO_SRC=<threestudio checkout> (and DDPO3D_THREESTUDIO_STUBS=1 on a CPU "
+                    "machine) to run the Gaussian configs through threestudio's own classes")
+    paths = [os.path.abspath(src), str(ROOT)]
+    if os.environ.get("DDPO3D_THREESTUDIO_STUBS", "0").lower() in ("1", "true", "yes"):
+        from test_threestudio_compat import write_placeholders
+
+        paths.insert(0, str(write_placeholders(tmp_path / "placeholders")))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "DDPO3D_HOST": "threestudio", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "report.json"
+    configs = [str(c) for c in SD_CONFIGS + TOY_CONFIGS]
+    proc = subprocess.run([sys.executable, "-W", "ignore", __file__, "--out", str(out), "--work", str(tmp_path / "work"),
+                           "--src", src, *configs], env=env, capture_output=True, text=True, timeout=1200)
+    assert out.is_file(), proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    for config in configs:
+        entry = report[Path(config).name]
+        assert entry["ok"], entry.get("error")
+        losses = {k: v for k, v in entry["fit"].items() if k.startswith("train/loss")}
+        assert "train/loss_sds" in losses and all(math.isfinite(v) for v in losses.values()), entry["fit"]
+        assert entry["fit"]["train/densify_num_points"] == entry["num_points"]
+        assert {"it3-gaussians.ply", "it3-test.mp4", "metrics.csv"} <= set(entry["files"]), entry["files"]
+
+
+if __name__ == "__main__":  # the subprocess of test_gaussian_configs_under_real_threestudio
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--src", required=True)
+    parser.add_argument("configs", nargs="+")
+    ns = parser.parse_args()
+    Path(ns.out).write_text(json.dumps(_run_under_threestudio(ns.configs, ns.work, ns.src), indent=1, default=str))
