@@ -39,6 +39,15 @@ REFERENCES = (None, "toy")
 TRAIN_KEYS_SKIP = ("train_params/", "train/densify_")
 
 
+def amp_loss_scale(trainer: Any) -> float:
+    """The fp16 AMP loss scale of a Lightning trainer's ``GradScaler`` (1.0 without one)."""
+    plugin = getattr(trainer, "precision_plugin", None) if trainer is not None else None
+    scaler = getattr(plugin, "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return 1.0
+    return float(scaler.get_scale())
+
+
 @register("ddpo3d-system")
 class DDPO3DSystem(DreamFusion):
     """DreamFusion system with reward / fidelity evaluation and metric curves."""
@@ -151,8 +160,17 @@ class DDPO3DSystem(DreamFusion):
     def on_before_optimizer_step(self, optimizer):
         geometry = getattr(self, "geometry", None)
         hook = getattr(geometry, "densify_and_prune", None)
-        if hook is not None and getattr(self, "_last_render", None) is not None:
-            geometry.accumulate_viewspace_grads(self._last_render)
+        render = getattr(self, "_last_render", None)
+        if hook is not None and render is not None:
+            points = render.get("viewspace_points")
+            scale = amp_loss_scale(getattr(self, "_trainer", None))
+            if points is not None and points.grad is not None and scale != 1.0:
+                # fp16 AMP: Lightning unscales the parameters' gradients before this hook, not
+                # the retained view-space ones; a skipped (inf) step must not reach the stats
+                points.grad.div_(scale)
+                if not torch.isfinite(points.grad).all():
+                    return
+            geometry.accumulate_viewspace_grads(render)
             self._densify_optimizer = optimizer
 
     def optimizer_step(self, *args, **kwargs):
