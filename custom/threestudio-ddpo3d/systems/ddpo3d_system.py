@@ -21,6 +21,7 @@ Dropping SDS after N steps (the DDPO3D ablation) is the usual schedule on the we
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -153,6 +154,9 @@ class DDPO3DSystem(DreamFusion):
                     values[key[len("train/"):]] = float(value)
                 except (TypeError, ValueError):
                     continue
+        if getattr(self, "_fit_t0", None) is None:
+            self._fit_t0 = time.perf_counter()
+        values["elapsed_s"] = time.perf_counter() - self._fit_t0  # wall time since the first step ended
         values.update(getattr(self, "_densify_stats", None) or {})  # this step's densification only
         self._densify_stats = None
         self.history.add(self.true_global_step, "train", values)
