@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -60,7 +60,7 @@ class DDPO3DSystem(DreamFusion):
         # "toy": fidelity PSNR against the toy object named by the prompt (ddpo3d.toy); null = off
         reference: Optional[str] = None
         # background colour of the toy reference (match the asset's background)
-        reference_background: List[float] = (1.0, 1.0, 1.0)
+        reference_background: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
         # also save plain RGB test views for ddpo3d.eval
         save_rgb_views: bool = True
 
