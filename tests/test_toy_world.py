@@ -1,10 +1,15 @@
 """The toy world end to end (issue 5): SDS rebuilds the object; DDPO3D moves a reward.
 
 Reduced runs of the shipped toy configs (same seed, fewer steps, smaller images). Stated
-margins: SDS must gain >= 8 dB fidelity PSNR between its first validation and the end; DDPO3D
-with JPEG compressibility (not differentiable) must end with a higher test reward than SDS
-alone, while its fidelity stays >= 18 dB (the object is still clearly the object; SDS alone
-reaches ~35 dB here). Measured values are in the config headers and the README.
+margins: SDS must gain >= 8 dB fidelity PSNR between step 0 and the end; DDPO3D with JPEG
+compressibility (not differentiable) must end with a higher test reward than SDS alone, while
+its fidelity stays >= 18 dB (the object is still clearly the object; SDS alone reaches ~35 dB).
+
+A caveat the benchmark (benchmarks/toy_alignment.py) exposed: on JPEG the zero-mean control
+(target ``render``, whose policy gradient has expectation zero) raises the reward about as much,
+so that rise comes from the policy's noise more than from its signal. Brightness separates the
+two: the policy gradient (which only uses reward *values*, as for any black-box reward) must beat
+both SDS alone and the zero-mean control.
 """
 
 import csv
@@ -43,6 +48,9 @@ def runs(tmp_path_factory):
     return {
         "sds": _run("sds.yaml", tmp, "sds"),
         "ddpo": _run("ddpo-jpeg.yaml", tmp, "ddpo"),
+        "sds-bright": _run("sds.yaml", tmp, "sds-bright", "system.guidance.reward.type=brightness"),
+        "ddpo-bright": _run("ddpo-brightness.yaml", tmp, "ddpo-bright"),
+        "control-bright": _run("ddpo-brightness.yaml", tmp, "control-bright", "system.guidance.objective.target=render"),
     }
 
 
@@ -57,3 +65,10 @@ def test_ddpo3d_raises_a_non_differentiable_reward_within_the_fidelity_margin(ru
     ddpo_reward = runs["ddpo"][("test", "reward")][-1]
     assert ddpo_reward > sds_reward, (ddpo_reward, sds_reward)
     assert runs["ddpo"][("test", "psnr")][-1] >= 18.0
+
+
+def test_ddpo3d_signal_beats_the_zero_mean_control(runs):
+    ddpo = runs["ddpo-bright"][("test", "reward")][-1]
+    assert ddpo > runs["sds-bright"][("test", "reward")][-1]
+    assert ddpo > runs["control-bright"][("test", "reward")][-1]
+    assert runs["ddpo-bright"][("test", "psnr")][-1] >= 18.0
