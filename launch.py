@@ -83,14 +83,18 @@ def load_custom_module(module_path: str) -> None:
         name = os.path.splitext(name)[0]
     if name in sys.modules and getattr(sys.modules[name], "__file__", None) == init:
         return  # already loaded (main() called twice in one process)
-    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[module_path] if init != module_path else None)
+    spec = importlib.util.spec_from_file_location(
+        name, init, submodule_search_locations=[module_path] if init != module_path else None
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise ExtensionImportError(f"extension {name!r} ({module_path}) failed to import: {type(exc).__name__}: {exc}") from exc
+        raise ExtensionImportError(
+            f"extension {name!r} ({module_path}) failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def load_custom_modules(custom_dirs: list) -> list:
@@ -185,14 +189,18 @@ def run_threestudio(args: argparse.Namespace, extras: list, custom_dirs: list, n
     """threestudio 0.2.3's ``launch.py`` body, unchanged in behaviour except that extensions
     that fail to import stop the run and Ctrl-C saves ``ckpts/last.ckpt``."""
     import pytorch_lightning as pl
+    import threestudio
     import torch
     from pytorch_lightning import Trainer
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
-    import threestudio
-    from threestudio.utils.callbacks import CodeSnapshotCallback, ConfigSnapshotCallback, CustomProgressBar, ProgressCallback
+    from threestudio.utils.callbacks import (
+        CodeSnapshotCallback,
+        ConfigSnapshotCallback,
+        CustomProgressBar,
+        ProgressCallback,
+    )
     from threestudio.utils.config import load_config  # registers threestudio's resolvers first
     from threestudio.utils.misc import get_rank
 
@@ -233,7 +241,9 @@ def run_threestudio(args: argparse.Namespace, extras: list, custom_dirs: list, n
                 f.write("python " + " ".join(sys.argv) + "\n" + str(args) + "\n")
 
         rank_zero_only(write_cmd)()
-    trainer = Trainer(callbacks=callbacks, logger=loggers, inference_mode=False, accelerator="gpu", devices=-1, **cfg.trainer)
+    trainer = Trainer(
+        callbacks=callbacks, logger=loggers, inference_mode=False, accelerator="gpu", devices=-1, **cfg.trainer
+    )
 
     def set_system_status(ckpt_path):
         if ckpt_path is None:

@@ -25,7 +25,7 @@ setup(
     extras_require={
         # CUDA rasterizer for Gaussian splats (pure Python install; its kernels JIT-compile on CUDA)
         "gsplat": ["gsplat==1.5.3"],
-        "dev": ["pytest", "pytest-xdist"],
+        "dev": ["pytest", "pytest-xdist", "ruff==0.17.5"],
     },
     entry_points={
         "console_scripts": ["ddpo3d-eval=ddpo3d.eval.__main__:main"],

@@ -44,13 +44,17 @@ def main(argv=None) -> None:
         os.environ["DDPO3D_TEXT_EMBEDDING_CACHE"] = os.path.join(tmp, "emb")
         path = build_tiny_if_pipeline(os.path.join(tmp, "tiny_if"))
         t0 = time.perf_counter()
-        prompt_utils = DeepFloydPromptProcessor({"prompt": "a hamburger", "pretrained_model_name_or_path": path, "spawn": False})()
+        prompt_utils = DeepFloydPromptProcessor(
+            {"prompt": "a hamburger", "pretrained_model_name_or_path": path, "spawn": False}
+        )()
         encode_ms = (time.perf_counter() - t0) * 1e3
         guidance = DeepFloydGuidance({"pretrained_model_name_or_path": path})
         rows = []
         for b in args.batch:
             cams = dict(
-                elevation=torch.full((b,), 20.0), azimuth=torch.linspace(-180, 180, b), camera_distances=torch.full((b,), 2.0)
+                elevation=torch.full((b,), 20.0),
+                azimuth=torch.linspace(-180, 180, b),
+                camera_distances=torch.full((b,), 2.0),
             )
             fwd, bwd, fwd_cpu, bwd_cpu = [], [], [], []
             for i in range(args.repeats + 1):
@@ -62,10 +66,20 @@ def main(argv=None) -> None:
                 w2, c2 = time.perf_counter(), time.process_time()
                 if i > 0:
                     fwd.append(w1 - w), bwd.append(w2 - w1), fwd_cpu.append(c1 - c), bwd_cpu.append(c2 - c1)
-            rows.append((b, statistics.median(fwd), statistics.median(bwd), statistics.median(fwd_cpu), statistics.median(bwd_cpu)))
+            rows.append(
+                (
+                    b,
+                    statistics.median(fwd),
+                    statistics.median(bwd),
+                    statistics.median(fwd_cpu),
+                    statistics.median(bwd_cpu),
+                )
+            )
 
-    print(f"deep-floyd-guidance, tiny IF (UNet {guidance.resolution} px), renders {args.res}², "
-          f"{args.threads} thread(s); prompt processor (6 prompts, T5 encode + cache): {encode_ms:.0f} ms\n")
+    print(
+        f"deep-floyd-guidance, tiny IF (UNet {guidance.resolution} px), renders {args.res}², "
+        f"{args.threads} thread(s); prompt processor (6 prompts, T5 encode + cache): {encode_ms:.0f} ms\n"
+    )
     print("| batch | SDS call (ms) | backward to rgb (ms) | SDS call CPU (ms) | backward CPU (ms) |")
     print("|---:|---:|---:|---:|---:|")
     for b, f, bw, fc, bc in rows:

@@ -114,9 +114,13 @@ def main() -> None:
     resolutions = [int(r) for r in args.res.split(",")]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{args.threads} CPU thread(s), median of {args.reps}\n")
-    print("| device | N | res | method | forward ms (median / min) | fwd+bwd ms (median / min) | tile-Gaussian pairs | mean alpha |")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{args.threads} CPU thread(s), median of {args.reps}\n"
+    )
+    print(
+        "| device | N | res | method | forward ms (median / min) | fwd+bwd ms (median / min) | tile-Gaussian pairs | mean alpha |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for device in devices:
         methods = ["torch-8", "torch-16", "dense"]
@@ -129,9 +133,12 @@ def main() -> None:
                         print(f"| {device} | {n} | {res}² | dense | skipped (H·W·N > {DENSE_LIMIT:.1e}) | | | |")
                         continue
                     (f_med, f_min), (fb_med, fb_min), isects, a = bench(n, res, m, args.reps, device)
-                    print(f"| {device} | {n} | {res}² | {m} | {1e3 * f_med:.0f} / {1e3 * f_min:.0f} | "
-                          f"{1e3 * fb_med:.0f} / {1e3 * fb_min:.0f} | "
-                          f"{isects if isects is not None else '-'} | {a:.2f} |", flush=True)
+                    print(
+                        f"| {device} | {n} | {res}² | {m} | {1e3 * f_med:.0f} / {1e3 * f_min:.0f} | "
+                        f"{1e3 * fb_med:.0f} / {1e3 * fb_min:.0f} | "
+                        f"{isects if isects is not None else '-'} | {a:.2f} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -73,9 +73,13 @@ class ConvReward(torch.nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.SiLU(),
-            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 1),
+            torch.nn.Conv2d(3, 16, 3, stride=2, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(32, 1),
         )
 
     def forward(self, images, prompts):
@@ -88,17 +92,30 @@ def tiny_sd(device, latent):
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=latent, in_channels=4, out_channels=4, block_out_channels=(4, 8), layers_per_block=1,
-        norm_num_groups=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8, attention_head_dim=2,
+        sample_size=latent,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        norm_num_groups=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=2,
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(4, 8), latent_channels=4,
-        norm_num_groups=2, sample_size=2 * latent,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(4, 8),
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=2 * latent,
     )
-    sch = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                        clip_sample=False, set_alpha_to_one=False)
+    sch = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+    )
     for m in (unet, vae):
         m.to(device).eval().requires_grad_(False)
     pred = UNetNoisePredictor(unet, vae, sch.alphas_cumprod, weights_dtype=torch.float32, sample_latents=False)
@@ -109,17 +126,28 @@ def tiny_sd(device, latent):
 def real_sd(path, device, dtype):
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, torch_dtype=dtype,
-                                                   safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        path, local_files_only=True, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+    )
     pipe.to(device)
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.eval().requires_grad_(False)
-    pred = UNetNoisePredictor(pipe.unet, pipe.vae, pipe.scheduler.alphas_cumprod,
-                              prediction_type=pipe.scheduler.config.prediction_type, weights_dtype=dtype,
-                              resolution=512, sample_latents=False)
+    pred = UNetNoisePredictor(
+        pipe.unet,
+        pipe.vae,
+        pipe.scheduler.alphas_cumprod,
+        prediction_type=pipe.scheduler.config.prediction_type,
+        weights_dtype=dtype,
+        resolution=512,
+        sample_latents=False,
+    )
     with torch.no_grad():
-        ids = pipe.tokenizer(["a photo of a hamburger", ""], padding="max_length",
-                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+        ids = pipe.tokenizer(
+            ["a photo of a hamburger", ""],
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids
         emb = pipe.text_encoder(ids.to(device))[0].float()
     return pred, emb[:1], emb[1:], 512, f"Stable Diffusion from {path}"
 
@@ -254,12 +282,21 @@ def bench_cosine(args):
         res = {}
         for adv in ("none", "batch"):
             cos = []
-            for trial in range(args.cosine_trials):
+            for _trial in range(args.cosine_trials):
                 obj = DDPO3D({"num_samples": K, "advantage": adv, "adv_clip_max": None})
                 x0 = (0.3 * torch.randn(B, *shape)).requires_grad_(True)
                 t = torch.randint(20, 981, (B,))
-                out = obj(x0, prior, cond.expand(B, -1, -1, -1, -1), uncond.expand(B, -1, -1, -1, -1),
-                          None, reward, t, torch.randn(B, *shape), guidance_scale=7.5)
+                out = obj(
+                    x0,
+                    prior,
+                    cond.expand(B, -1, -1, -1, -1),
+                    uncond.expand(B, -1, -1, -1, -1),
+                    None,
+                    reward,
+                    t,
+                    torch.randn(B, *shape),
+                    guidance_scale=7.5,
+                )
                 (g,) = torch.autograd.grad(out.loss_ddpo, x0)
                 cos.append(float(torch.nn.functional.cosine_similarity(-g.flatten(), exact, dim=0)))
             res[adv] = (statistics.mean(cos), statistics.stdev(cos))
@@ -287,35 +324,48 @@ def main():
     use_cpu = device.type == "cpu"
     key = cpu if use_cpu else med
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"## Objective step cost ({what}, B={args.batch}, render {res}x{res}, device {device}, "
-          f"{args.threads} thread(s), median of {args.rounds} interleaved rounds)\n")
+    print(
+        f"## Objective step cost ({what}, B={args.batch}, render {res}x{res}, device {device}, "
+        f"{args.threads} thread(s), median of {args.rounds} interleaved rounds)\n"
+    )
     if device.type == "cpu":
-        print(f"CPU shared with other processes: 1-min load average {load:.1f} on {os.cpu_count()} cores. "
-              "Wall time on a loaded CPU is noisy; ratios use this process's CPU time (torch runs "
-              "single-threaded here, so CPU time is the work done).\n")
-    print("Memory: 'saved' = distinct storages autograd keeps for backward during the step (activation "
-          "memory, deterministic); 'peak' = CUDA allocator peak (n/a on CPU).\n")
+        print(
+            f"CPU shared with other processes: 1-min load average {load:.1f} on {os.cpu_count()} cores. "
+            "Wall time on a loaded CPU is noisy; ratios use this process's CPU time (torch runs "
+            "single-threaded here, so CPU time is the work done).\n"
+        )
+    print(
+        "Memory: 'saved' = distinct storages autograd keeps for backward during the step (activation "
+        "memory, deterministic); 'peak' = CUDA allocator peak (n/a on CPU).\n"
+    )
     print(f"JPEG reward: {jpeg_what}. reward-backprop uses a differentiable conv stand-in reward.\n")
-    print("| method | wall (ms) | CPU time (ms) | time ratio to sds | saved for backward (MB) | saved ratio | peak (MB) |")
+    print(
+        "| method | wall (ms) | CPU time (ms) | time ratio to sds | saved for backward (MB) | saved ratio | peak (MB) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     base_t, base_m = key["sds"], max(mems["sds"][0], 1e-9)
     for name, _, _ in METHODS:
         saved, peak = mems[name]
         peak_s = "n/a" if peak != peak else f"{peak:.1f}"
-        print(f"| {name} | {med[name] * 1000:.1f} | {cpu[name] * 1000:.1f} | {key[name] / base_t:.2f} | "
-              f"{saved:.1f} | {saved / base_m:.2f} | {peak_s} |")
+        print(
+            f"| {name} | {med[name] * 1000:.1f} | {cpu[name] * 1000:.1f} | {key[name] / base_t:.2f} | "
+            f"{saved:.1f} | {saved / base_m:.2f} | {peak_s} |"
+        )
 
     rows = bench_cosine(args)
-    print(f"\n## Cosine(one step's estimate, exact gradient), analytic prior, B=4, D=3x16x16, "
-          f"x0_pred, unet_jacobian false, mean ± sd over {args.cosine_trials} steps\n")
+    print(
+        f"\n## Cosine(one step's estimate, exact gradient), analytic prior, B=4, D=3x16x16, "
+        f"x0_pred, unet_jacobian false, mean ± sd over {args.cosine_trials} steps\n"
+    )
     print("| K | cosine, raw reward | cosine, batch-normalised advantage |")
     print("|---:|---:|---:|")
     for K, res_k in rows:
-        print(f"| {K} | {res_k['none'][0]:.3f} ± {res_k['none'][1]:.3f} | "
-              f"{res_k['batch'][0]:.3f} ± {res_k['batch'][1]:.3f} |")
+        print(
+            f"| {K} | {res_k['none'][0]:.3f} ± {res_k['none'][1]:.3f} | "
+            f"{res_k['batch'][0]:.3f} ± {res_k['batch'][1]:.3f} |"
+        )
     print()
-    print(f"ddpo3d-full-jacobian/sds step-time ratio: "
-          f"{key['ddpo3d x0_pred affine K=1 (jacobian true)'] / base_t:.3f}")
+    print(f"ddpo3d-full-jacobian/sds step-time ratio: {key['ddpo3d x0_pred affine K=1 (jacobian true)'] / base_t:.3f}")
     print(f"ddpo3d/sds step-time ratio: {key['ddpo3d x0_pred affine K=1 (jacobian false)'] / base_t:.3f}")
 
 

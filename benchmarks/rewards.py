@@ -58,7 +58,7 @@ def main() -> None:
     for label, cfg in configs.items():
         reward = build_reward(cfg)
 
-        def fwd():
+        def fwd(reward=reward):
             with torch.no_grad():
                 reward(images, prompts)
 
@@ -66,16 +66,14 @@ def main() -> None:
         bwd_ms = None
         if reward.differentiable:
 
-            def fwd_bwd():
+            def fwd_bwd(reward=reward):
                 x = images.clone().requires_grad_(True)
                 reward(x, prompts).sum().backward()
 
             bwd_ms = _time(fwd_bwd, args.repeats)
         rows.append((label, fwd_ms, bwd_ms))
 
-    print(
-        f"| reward (B={args.batch}, {args.size}², {args.threads} thread) | forward ms | forward+backward ms |"
-    )
+    print(f"| reward (B={args.batch}, {args.size}², {args.threads} thread) | forward ms | forward+backward ms |")
     print("|---|---:|---:|")
     for label, f, b in rows:
         print(f"| {label} | {f:.1f} | {'n/a (not differentiable)' if b is None else f'{b:.1f}'} |")

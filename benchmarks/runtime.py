@@ -79,8 +79,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64, help="system.renderer.num_samples_per_ray")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--at-step", type=int, default=0,
-                        help="global step the schedules see (e.g. 6000: every hash-grid level active)")
+    parser.add_argument(
+        "--at-step", type=int, default=0, help="global step the schedules see (e.g. 6000: every hash-grid level active)"
+    )
     parser.add_argument("--pipeline", default=None, help="SD pipeline path (default: build the tiny one in a temp dir)")
     args = parser.parse_args()
 
@@ -157,9 +158,11 @@ def main() -> None:
 
     total = statistics.median(clock.times["total"])
     total_cpu = statistics.median(clock.cpu["total"])
-    print(f"One dreamfusion-sd training step on the built-in runtime (CPU, {args.threads} thread(s), "
-          f"{args.res}x{args.res}, batch 1, {args.samples} samples/ray, tiny offline SD pipeline; "
-          f"schedules at step {args.at_step}; median of {args.steps} steps)\n")
+    print(
+        f"One dreamfusion-sd training step on the built-in runtime (CPU, {args.threads} thread(s), "
+        f"{args.res}x{args.res}, batch 1, {args.samples} samples/ray, tiny offline SD pipeline; "
+        f"schedules at step {args.at_step}; median of {args.steps} steps)\n"
+    )
     print("| stage | wall ms (median) | process CPU ms (median) | share of CPU |")
     print("|---|---:|---:|---:|")
     for key in ("render", "guidance", "losses", "backward", "optimizer"):

@@ -37,13 +37,23 @@ def methods_for(reward: str) -> list:
     cfg = REWARDS[reward]
     out = [("sds", "sds.yaml", [f"system.guidance.reward.type={reward}"])]
     if reward == "brightness":
-        out.append(("reward-backprop", "sds.yaml", [
-            f"system.guidance.reward.type={reward}", "system.guidance.objective.type=reward-backprop",
-            "system.loss.lambda_reward=1000",
-        ]))
+        out.append(
+            (
+                "reward-backprop",
+                "sds.yaml",
+                [
+                    f"system.guidance.reward.type={reward}",
+                    "system.guidance.objective.type=reward-backprop",
+                    "system.loss.lambda_reward=1000",
+                ],
+            )
+        )
     for target, jac in DDPO_METHODS:
         label = f"ddpo3d {target}{' +jacobian' if jac else ''}"
-        over = [f"system.guidance.objective.target={target}", f"system.guidance.objective.unet_jacobian={str(jac).lower()}"]
+        over = [
+            f"system.guidance.objective.target={target}",
+            f"system.guidance.objective.unet_jacobian={str(jac).lower()}",
+        ]
         if target == "rollout":
             over.append("system.guidance.objective.rollout_steps=4")
         out.append((label, cfg, over))
@@ -52,10 +62,23 @@ def methods_for(reward: str) -> list:
 
 def run_one(reward: str, label: str, config: str, overrides: list, prompt: str, steps: int) -> dict:
     tag = f"{reward}-{label.replace(' ', '_').replace('+', '')}-{prompt.replace(' ', '_')}"
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "configs" / "toy" / config), "--train",
-           f"exp_root_dir={OUT}", "use_timestamp=false", f"tag={tag}", f"trainer.max_steps={steps}",
-           f"trainer.val_check_interval={max(steps // 5, 1)}", "trainer.enable_progress_bar=false",
-           "data.n_val_views=2", "data.n_test_views=8", f"system.prompt_processor.prompt={prompt}", *overrides]
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch.py"),
+        "--config",
+        str(ROOT / "configs" / "toy" / config),
+        "--train",
+        f"exp_root_dir={OUT}",
+        "use_timestamp=false",
+        f"tag={tag}",
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={max(steps // 5, 1)}",
+        "trainer.enable_progress_bar=false",
+        "data.n_val_views=2",
+        "data.n_test_views=8",
+        f"system.prompt_processor.prompt={prompt}",
+        *overrides,
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     wall = time.perf_counter() - t0
@@ -69,9 +92,13 @@ def run_one(reward: str, label: str, config: str, overrides: list, prompt: str, 
     elapsed = dict(series.get(("train", "elapsed_s"), []))
     curve = [(elapsed.get(step, 0.0), v) for step, v in series.get(("val", "reward"), [])]
     return {
-        "reward": reward, "method": label, "prompt": prompt,
-        "test_reward": series[("test", "reward")][-1][1], "test_psnr": series[("test", "psnr")][-1][1],
-        "wall_s": wall, "curve": curve,
+        "reward": reward,
+        "method": label,
+        "prompt": prompt,
+        "test_reward": series[("test", "reward")][-1][1],
+        "test_psnr": series[("test", "psnr")][-1][1],
+        "wall_s": wall,
+        "curve": curve,
     }
 
 
@@ -82,7 +109,12 @@ def main(argv=None) -> int:
     p.add_argument("--rewards", nargs="+", default=list(REWARDS), choices=list(REWARDS))
     p.add_argument("--workers", type=int, default=2, help="runs in parallel (one thread each)")
     args = p.parse_args(argv)
-    jobs = [(r, label, cfg, over, prompt) for r in args.rewards for prompt in args.prompts for label, cfg, over in methods_for(r)]
+    jobs = [
+        (r, label, cfg, over, prompt)
+        for r in args.rewards
+        for prompt in args.prompts
+        for label, cfg, over in methods_for(r)
+    ]
     print(f"{len(jobs)} runs of {args.steps} steps, {args.workers} at a time ...", flush=True)
     with ThreadPoolExecutor(args.workers) as pool:
         rows = list(pool.map(lambda j: run_one(*j, args.steps), jobs))
@@ -93,7 +125,9 @@ def main(argv=None) -> int:
         if "error" in r:
             print(f"| {r['reward']} | {r['method']} | {r['prompt']} | error: {r['error']} | | |")
         else:
-            print(f"| {r['reward']} | {r['method']} | {r['prompt']} | {r['test_reward']:.4f} | {r['test_psnr']:.1f} | {r['wall_s']:.0f} |")
+            print(
+                f"| {r['reward']} | {r['method']} | {r['prompt']} | {r['test_reward']:.4f} | {r['test_psnr']:.1f} | {r['wall_s']:.0f} |"
+            )
 
     import matplotlib
 

@@ -108,8 +108,7 @@ def run(size: int = 64, seed: int = 0) -> str:
         f"compressibility = −size). clip-score and aesthetic use a tiny *random* CLIP "
         f"({tiny['clip_model']}, seed {seed}) and a random aesthetic head: the numbers only "
         f"show the pipeline and its gradients; configure real weights for real scores.",
-        f"Scoring + backward of {len(names)} images: {elapsed * 1000:.0f} ms on "
-        f"{torch.get_num_threads()} thread(s).",
+        f"Scoring + backward of {len(names)} images: {elapsed * 1000:.0f} ms on {torch.get_num_threads()} thread(s).",
     ]
     assert all(math.isfinite(v) for v in out.scores.tolist())
     return "\n".join(lines)

@@ -68,8 +68,6 @@ def __getattr__(name: str):
         try:
             module = importlib.import_module(f"{_ROOT}.{path}")
         except ImportError as exc:
-            raise ImportError(
-                f"{name} is not available on the {HOST} host ({_ROOT}.{path}): {exc}"
-            ) from exc
+            raise ImportError(f"{name} is not available on the {HOST} host ({_ROOT}.{path}): {exc}") from exc
         return getattr(module, attr)
     raise AttributeError(f"module 'ddpo3d.host' has no attribute {name!r}")

@@ -51,8 +51,7 @@ class WeightsNotFoundError(FileNotFoundError):
         places = "\n".join(f"  - {p}" for p in self.looked_in) or "  (nowhere: no location configured)"
         offline = " (HF_HUB_OFFLINE is set)" if hf_offline() else ""
         super().__init__(
-            f"Weights for {model} were not found{offline}. Looked in:\n{places}\n"
-            f"How to provide them: {how_to_get}"
+            f"Weights for {model} were not found{offline}. Looked in:\n{places}\nHow to provide them: {how_to_get}"
         )
 
     def __reduce__(self):  # keep picklable (pytest-xdist, multiprocessing)

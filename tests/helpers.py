@@ -61,10 +61,15 @@ def reduced_overrides(pipeline: str, root, steps: int = 3, n_val_views: int = 1)
         f"trainer.max_steps={steps}",
         "trainer.val_check_interval=2",
         "trainer.enable_progress_bar=false",
-        "data.width=32", "data.height=32", "data.eval_width=32", "data.eval_height=32",
-        f"data.n_val_views={n_val_views}", "data.n_test_views=2",
+        "data.width=32",
+        "data.height=32",
+        "data.eval_width=32",
+        "data.eval_height=32",
+        f"data.n_val_views={n_val_views}",
+        "data.n_test_views=2",
         "system.renderer.num_samples_per_ray=16",
-        f"exp_root_dir={root}", "use_timestamp=false",
+        f"exp_root_dir={root}",
+        "use_timestamp=false",
     ]
 
 

@@ -155,13 +155,19 @@ class MSEGuidance(BaseObject):
     def update_step(self, epoch, global_step, on_load_weights=False):
         self.global_step = global_step
 
-    def __call__(self, rgb, prompt_utils, elevation=None, azimuth=None, camera_distances=None, rgb_as_latents=False, **kwargs):
+    def __call__(
+        self, rgb, prompt_utils, elevation=None, azimuth=None, camera_distances=None, rgb_as_latents=False, **kwargs
+    ):
         if self.cfg.interrupt_at_step >= 0 and self.global_step >= self.cfg.interrupt_at_step:
             raise KeyboardInterrupt
         self.calls += 1
         self.shapes.append(tuple(rgb.shape))
         target = torch.tensor(list(self.cfg.target), dtype=rgb.dtype)
-        out = {"loss_sds": ((rgb - target) ** 2).mean(), "grad_norm": torch.tensor(1.0), "prompt_len": len(prompt_utils["prompt"])}
+        out = {
+            "loss_sds": ((rgb - target) ** 2).mean(),
+            "grad_norm": torch.tensor(1.0),
+            "prompt_len": len(prompt_utils["prompt"]),
+        }
         if self.cfg.return_extra_loss:
             out["loss_extra"] = rgb.mean()
         return out
@@ -181,8 +187,11 @@ def system_config(**overrides):
         "guidance_type": "test-mse-guidance",
         "guidance": {},
         "loss": {"lambda_sds": 1.0, "lambda_orient": [0, 0.0, 1.0, 3], "lambda_sparsity": 0.1, "lambda_opaque": 0.0},
-        "optimizer": {"name": "Adam", "args": {"lr": 0.05, "betas": [0.9, 0.99], "eps": 1e-15},
-                      "params": {"geometry": {"lr": 0.05}, "background": {"lr": 0.01}}},
+        "optimizer": {
+            "name": "Adam",
+            "args": {"lr": 0.05, "betas": [0.9, 0.99], "eps": 1e-15},
+            "params": {"geometry": {"lr": 0.05}, "background": {"lr": 0.01}},
+        },
     }
     cfg.update(overrides)
     return cfg
@@ -199,12 +208,27 @@ def experiment_yaml(root: str, max_steps: int = 3, **system_overrides) -> str:
         "use_timestamp": False,
         "seed": 0,
         "data_type": "random-camera-datamodule",
-        "data": {"batch_size": 1, "width": 16, "height": 16, "eval_width": 16, "eval_height": 16,
-                 "n_val_views": 2, "n_test_views": 3, "camera_distance_range": [1.5, 2.0], "eval_camera_distance": 2.0},
+        "data": {
+            "batch_size": 1,
+            "width": 16,
+            "height": 16,
+            "eval_width": 16,
+            "eval_height": 16,
+            "n_val_views": 2,
+            "n_test_views": 3,
+            "camera_distance_range": [1.5, 2.0],
+            "eval_camera_distance": 2.0,
+        },
         "system_type": "dreamfusion-system",
         "system": system_config(**system_overrides),
-        "trainer": {"max_steps": max_steps, "log_every_n_steps": 1, "num_sanity_val_steps": 0,
-                    "val_check_interval": 2, "enable_progress_bar": False, "precision": "16-mixed"},
+        "trainer": {
+            "max_steps": max_steps,
+            "log_every_n_steps": 1,
+            "num_sanity_val_steps": 0,
+            "val_check_interval": 2,
+            "enable_progress_bar": False,
+            "precision": "16-mixed",
+        },
         "checkpoint": {"save_last": True, "save_top_k": -1, "every_n_train_steps": max_steps},
     }
     return OmegaConf.to_yaml(OmegaConf.create(cfg))

@@ -15,8 +15,7 @@ from ddpo3d.diffusion import AnalyticGaussianPrior, ddim_step_with_logprob  # no
 
 def sd_scheduler(**kw):
     kw.setdefault("clip_sample", False)
-    sch = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                        set_alpha_to_one=False, **kw)
+    sch = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False, **kw)
     sch.set_timesteps(50)
     return sch
 
@@ -92,7 +91,7 @@ def test_per_item_timesteps_match_scalar_calls_and_tensor_schedule():
     t = torch.tensor([901, 401, 41])
     batched = ddim_step_with_logprob(sch.alphas_cumprod, eps, t, x, 1.0, prev_timestep=t - 20, variance_noise=z)
     for i in range(3):
-        one = ddim_step_with_logprob(sch, eps[i:i + 1], int(t[i]), x[i:i + 1], 1.0, variance_noise=z[i:i + 1])
+        one = ddim_step_with_logprob(sch, eps[i : i + 1], int(t[i]), x[i : i + 1], 1.0, variance_noise=z[i : i + 1])
         assert torch.allclose(batched.prev_sample[i], one.prev_sample[0], atol=1e-5)
         assert torch.allclose(batched.log_prob[i], one.log_prob[0], atol=1e-4)
     prior = AnalyticGaussianPrior()  # a NoisePredictor is accepted too

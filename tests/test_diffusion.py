@@ -53,8 +53,12 @@ def tiny_vae(seed=0):
 
 def sd_scheduler(**kw):
     return DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False, **kw,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        **kw,
     )
 
 
@@ -63,8 +67,11 @@ def test_default_schedule_matches_stable_diffusion_scheduler():
     ours = make_alphas_cumprod()
     theirs = sd_scheduler().alphas_cumprod
     assert torch.allclose(ours, theirs, atol=1e-6)
-    assert torch.allclose(make_alphas_cumprod(beta_schedule="linear", beta_start=1e-4, beta_end=0.02),
-                          DDIMScheduler(beta_schedule="linear").alphas_cumprod, atol=1e-6)
+    assert torch.allclose(
+        make_alphas_cumprod(beta_schedule="linear", beta_start=1e-4, beta_end=0.02),
+        DDIMScheduler(beta_schedule="linear").alphas_cumprod,
+        atol=1e-6,
+    )
     with pytest.raises(ValueError, match="beta_schedule"):
         make_alphas_cumprod(beta_schedule="cosine-ish")
 
@@ -95,9 +102,12 @@ def test_analytic_log_density_is_normalised_gaussian_for_one_component():
     t = torch.tensor([300, 700])
     ab = prior.alphas_cumprod[t]
     var = ab * 0.25 + (1 - ab)
-    ref = torch.distributions.Normal(
-        ab.sqrt().view(-1, 1, 1, 1) * mu[:, 0], var.sqrt().view(-1, 1, 1, 1)
-    ).log_prob(x).flatten(1).sum(1)
+    ref = (
+        torch.distributions.Normal(ab.sqrt().view(-1, 1, 1, 1) * mu[:, 0], var.sqrt().view(-1, 1, 1, 1))
+        .log_prob(x)
+        .flatten(1)
+        .sum(1)
+    )
     assert torch.allclose(prior.log_density(x, t, mu), ref, atol=1e-5)
 
 
@@ -209,8 +219,16 @@ def test_v_prediction_conversion_against_diffusers_ddim():
     assert torch.allclose(eps, ab.sqrt() * v + (1 - ab).sqrt() * x_t, atol=1e-5)
     z = torch.randn(1, 4, 8, 8)
     theirs = sch_v.step(v, t, x_t, eta=1.0, variance_noise=z).prev_sample
-    ours = ddim_step_with_logprob(sch_v.alphas_cumprod, eps, t, x_t, 1.0, prev_timestep=t - 20,
-                                  variance_noise=z, final_alpha_cumprod=float(sch_v.final_alpha_cumprod))
+    ours = ddim_step_with_logprob(
+        sch_v.alphas_cumprod,
+        eps,
+        t,
+        x_t,
+        1.0,
+        prev_timestep=t - 20,
+        variance_noise=z,
+        final_alpha_cumprod=float(sch_v.final_alpha_cumprod),
+    )
     assert torch.allclose(ours.prev_sample, theirs, atol=1e-5)
     with pytest.raises(ValueError, match="prediction_type"):
         UNetNoisePredictor(unet, None, sch_v.alphas_cumprod, prediction_type="sample")
@@ -218,8 +236,9 @@ def test_v_prediction_conversion_against_diffusers_ddim():
 
 def test_from_guidance_wraps_threestudio_attributes():
     unet, vae, sch = tiny_unet(), tiny_vae(), sd_scheduler()
-    guidance = SimpleNamespace(unet=unet, vae=vae, alphas=sch.alphas_cumprod, scheduler=sch,
-                               weights_dtype=torch.float32)
+    guidance = SimpleNamespace(
+        unet=unet, vae=vae, alphas=sch.alphas_cumprod, scheduler=sch, weights_dtype=torch.float32
+    )
     pred = UNetNoisePredictor.from_guidance(guidance)
     assert pred.unet is unet and pred.vae is vae and pred.prediction_type == "epsilon"
     assert pred.final_alpha_cumprod == pytest.approx(float(sch.alphas_cumprod[0]))

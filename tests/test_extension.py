@@ -41,27 +41,31 @@ def reduced_overrides(tiny, config: Path, out: Path) -> list:
             "system.geometry.pos_encoding_config.n_levels=4",
             "system.geometry.pos_encoding_config.log2_hashmap_size=10",
         ]
-    return progressive + geometry + [
-        f"exp_root_dir={out}",
-        "use_timestamp=false",
-        "tag=reduced",
-        "system.prompt_processor.prompt=a hamburger",
-        f"system.prompt_processor.pretrained_model_name_or_path={pipe}",
-        f"system.guidance.pretrained_model_name_or_path={pipe}",
-        "system.guidance.half_precision_weights=false",
-        f"system.guidance.reward.clip_model={TINY_CLIP_NAME}",
-        "system.guidance.reward.clip_pretrained=null",
-        "system.guidance.reward.allow_random_init=true",
-        f"system.guidance.reward.head_path={tiny['head']}",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        "data.width=32",
-        "data.height=32",
-        "data.eval_width=32",
-        "data.eval_height=32",
-        "data.n_val_views=1",
-        "data.n_test_views=2",
-    ]
+    return (
+        progressive
+        + geometry
+        + [
+            f"exp_root_dir={out}",
+            "use_timestamp=false",
+            "tag=reduced",
+            "system.prompt_processor.prompt=a hamburger",
+            f"system.prompt_processor.pretrained_model_name_or_path={pipe}",
+            f"system.guidance.pretrained_model_name_or_path={pipe}",
+            "system.guidance.half_precision_weights=false",
+            f"system.guidance.reward.clip_model={TINY_CLIP_NAME}",
+            "system.guidance.reward.clip_pretrained=null",
+            "system.guidance.reward.allow_random_init=true",
+            f"system.guidance.reward.head_path={tiny['head']}",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "data.width=32",
+            "data.height=32",
+            "data.eval_width=32",
+            "data.eval_height=32",
+            "data.n_val_views=1",
+            "data.n_test_views=2",
+        ]
+    )
 
 
 def read_metrics(path: Path) -> dict:
@@ -125,8 +129,8 @@ def _prompt_utils(tiny):
 
 
 def _load_extension():
-    from launch import default_custom_dirs, load_custom_modules
     from ddpo3d.host import threestudio
+    from launch import default_custom_dirs, load_custom_modules
 
     if "ddpo3d-system" not in threestudio.__modules__:
         load_custom_modules(default_custom_dirs())
@@ -137,7 +141,11 @@ def test_guidance_with_zero_weight_is_plain_sds(tiny):
     plain = _guidance("stable-diffusion-guidance", tiny, None)
     ours = _guidance("ddpo3d-stable-diffusion-guidance", tiny, {"type": "ddpo3d", "weight": 0.0, "num_samples": 2})
     pu = _prompt_utils(tiny)
-    cams = dict(elevation=torch.tensor([10.0, 30.0]), azimuth=torch.tensor([0.0, 90.0]), camera_distances=torch.tensor([2.0, 2.0]))
+    cams = dict(
+        elevation=torch.tensor([10.0, 30.0]),
+        azimuth=torch.tensor([0.0, 90.0]),
+        camera_distances=torch.tensor([2.0, 2.0]),
+    )
     rgb = torch.rand(2, 32, 32, 3)
     results = []
     for guidance in (plain, ours):
@@ -154,10 +162,17 @@ def test_guidance_with_zero_weight_is_plain_sds(tiny):
 
 def test_guidance_ddpo_gradient_reaches_render(tiny):
     _load_extension()
-    ours = _guidance("ddpo3d-stable-diffusion-guidance", tiny, {"type": "ddpo3d", "num_samples": 2, "advantage": "batch"})
+    ours = _guidance(
+        "ddpo3d-stable-diffusion-guidance", tiny, {"type": "ddpo3d", "num_samples": 2, "advantage": "batch"}
+    )
     x = torch.rand(2, 32, 32, 3, requires_grad=True)
-    out = ours(x, _prompt_utils(tiny), elevation=torch.tensor([10.0, 30.0]), azimuth=torch.tensor([0.0, 90.0]),
-               camera_distances=torch.tensor([2.0, 2.0]))
+    out = ours(
+        x,
+        _prompt_utils(tiny),
+        elevation=torch.tensor([10.0, 30.0]),
+        azimuth=torch.tensor([0.0, 90.0]),
+        camera_distances=torch.tensor([2.0, 2.0]),
+    )
     assert torch.isfinite(out["loss_ddpo"])
     (grad,) = torch.autograd.grad(out["loss_ddpo"], x)
     assert grad.abs().sum() > 0
@@ -181,7 +196,11 @@ def test_objective_without_reward_is_an_error(tiny):
 
     with pytest.raises(ConfigError, match="guidance.reward is not set"):
         find("ddpo3d-stable-diffusion-guidance")(
-            {"pretrained_model_name_or_path": tiny["sd"], "half_precision_weights": False, "objective": {"type": "ddpo3d"}}
+            {
+                "pretrained_model_name_or_path": tiny["sd"],
+                "half_precision_weights": False,
+                "objective": {"type": "ddpo3d"},
+            }
         )
 
 
@@ -191,8 +210,16 @@ def test_missing_weights_message_names_model(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = ROOT / "custom" / "threestudio-ddpo3d" / "configs" / "dreamfusion-ddpo.yaml"
-    rc = main(["--config", str(config), "--train", f"exp_root_dir={tmp_path}", "trainer.max_steps=1",
-               "system.prompt_processor.prompt=a hamburger"])
+    rc = main(
+        [
+            "--config",
+            str(config),
+            "--train",
+            f"exp_root_dir={tmp_path}",
+            "trainer.max_steps=1",
+            "system.prompt_processor.prompt=a hamburger",
+        ]
+    )
     assert rc != 0
     err = capsys.readouterr().err
     assert "stabilityai/stable-diffusion-2-1-base" in err
@@ -203,10 +230,25 @@ def test_toy_run_passes_runtime_type_checks(tmp_path):
     import subprocess
     import sys
 
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "configs/toy/ddpo-brightness.yaml"),
-           "--train", "--typecheck", "trainer.max_steps=2", "trainer.val_check_interval=2", "data.n_test_views=2",
-           "data.n_val_views=1", "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
-           f"exp_root_dir={tmp_path}", "use_timestamp=false", "tag=tc"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch.py"),
+        "--config",
+        str(ROOT / "configs/toy/ddpo-brightness.yaml"),
+        "--train",
+        "--typecheck",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "data.n_test_views=2",
+        "data.n_val_views=1",
+        "data.width=16",
+        "data.height=16",
+        "data.eval_width=16",
+        "data.eval_height=16",
+        f"exp_root_dir={tmp_path}",
+        "use_timestamp=false",
+        "tag=tc",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "toy-ddpo-brightness" / "tc" / "save" / "it2-test.mp4").is_file()
@@ -243,7 +285,11 @@ def test_every_reward_block_builds(block, tiny):
         assert cfg.system.guidance.objective.type in ("ddpo3d", "reward-backprop")
         assert any(k.startswith("lambda_") for k in cfg.system.loss)
         return
-    terms = OmegaConf.to_container(reward) if isinstance(OmegaConf.to_container(reward), list) else [OmegaConf.to_container(reward)]
+    terms = (
+        OmegaConf.to_container(reward)
+        if isinstance(OmegaConf.to_container(reward), list)
+        else [OmegaConf.to_container(reward)]
+    )
     for term in terms:
         if term["type"] in ("aesthetic", "clip-score"):
             term.update(clip_model=TINY_CLIP_NAME, clip_pretrained=None, allow_random_init=True)
@@ -277,9 +323,21 @@ def test_dreamfusion_ddpo_with_real_weights(tmp_path):
     from launch import main
 
     config = ROOT / "custom" / "threestudio-ddpo3d" / "configs" / "dreamfusion-ddpo.yaml"
-    rc = main(["--config", str(config), "--train", f"exp_root_dir={tmp_path}", "use_timestamp=false", "tag=real",
-               "system.prompt_processor.prompt=a delicious hamburger", "trainer.max_steps=3",
-               "trainer.val_check_interval=3", "data.n_val_views=1", "data.n_test_views=2"])
+    rc = main(
+        [
+            "--config",
+            str(config),
+            "--train",
+            f"exp_root_dir={tmp_path}",
+            "use_timestamp=false",
+            "tag=real",
+            "system.prompt_processor.prompt=a delicious hamburger",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "data.n_val_views=1",
+            "data.n_test_views=2",
+        ]
+    )
     assert rc == 0
     metrics = read_metrics(next(tmp_path.glob("*/real/save/metrics.csv")))
     assert all(math.isfinite(v) for v in metrics[("train", "loss_ddpo")])

@@ -130,8 +130,15 @@ def test_sd_gaussian_config_trains_reduced(config, tiny, tmp_path):
 def test_toy_gaussian_config_trains_reduced(config, tmp_path):
     from launch import main
 
-    argv = ["--config", str(config), "--train", *run_args(tmp_path), *gaussian_args(),
-            "data.width=16", "data.height=16"]
+    argv = [
+        "--config",
+        str(config),
+        "--train",
+        *run_args(tmp_path),
+        *gaussian_args(),
+        "data.width=16",
+        "data.height=16",
+    ]
     assert main(argv) == 0
     terms = ["loss_sds", "loss_ddpo"] if "ddpo" in config.stem else ["loss_sds"]
     metrics = check_run(tmp_path, STEPS, terms, sh_degree=0)
@@ -146,11 +153,23 @@ def test_toy_gaussians_raise_fidelity_psnr(tmp_path):
     from launch import main
 
     config = ROOT / "configs" / "toy" / "gaussian-sds.yaml"
-    args = [f"exp_root_dir={tmp_path}", "use_timestamp=false", "tag=fit", "trainer.max_steps=80",
-            "trainer.val_check_interval=80", "trainer.num_sanity_val_steps=2", "trainer.enable_progress_bar=false",
-            "data.n_val_views=2", "data.n_test_views=2", "data.eval_width=32", "data.eval_height=32",
-            "system.geometry.num_points=1000", "system.geometry.densify_from_iter=10",
-            "system.geometry.densification_interval=20", "system.geometry.densify_until_iter=70"]
+    args = [
+        f"exp_root_dir={tmp_path}",
+        "use_timestamp=false",
+        "tag=fit",
+        "trainer.max_steps=80",
+        "trainer.val_check_interval=80",
+        "trainer.num_sanity_val_steps=2",
+        "trainer.enable_progress_bar=false",
+        "data.n_val_views=2",
+        "data.n_test_views=2",
+        "data.eval_width=32",
+        "data.eval_height=32",
+        "system.geometry.num_points=1000",
+        "system.geometry.densify_from_iter=10",
+        "system.geometry.densification_interval=20",
+        "system.geometry.densify_until_iter=70",
+    ]
     assert main(["--config", str(config), "--train", *args]) == 0
     metrics = read_metrics(next(tmp_path.glob("*/fit/save/metrics.csv")))
     before = dict(metrics[("val", "psnr")])[0]
@@ -165,10 +184,9 @@ def test_densify_stats_undo_the_amp_loss_scale():
     densification statistics, and skips a step whose scaled gradients overflowed."""
     from types import SimpleNamespace
 
-    from launch import default_custom_dirs, load_custom_modules
-
     from ddpo3d.host import find, threestudio
     from ddpo3d.lite.data.uncond import RandomCameraDataModule
+    from launch import default_custom_dirs, load_custom_modules
 
     if "ddpo3d-system" not in threestudio.__modules__:
         load_custom_modules(default_custom_dirs())
@@ -185,8 +203,9 @@ def test_densify_stats_undo_the_amp_loss_scale():
         ren.train()
         out = ren(**batch)
         (loss_scale * ((out["comp_rgb"] - 0.3) ** 2).sum()).backward()
-        fake = SimpleNamespace(geometry=geo, _last_render=out,
-                               _trainer=SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler)))
+        fake = SimpleNamespace(
+            geometry=geo, _last_render=out, _trainer=SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler))
+        )
         system_cls.on_before_optimizer_step(fake, optimizer=None)
         return geo._grad_accum.clone(), getattr(fake, "_densify_optimizer", "unset")
 
@@ -246,8 +265,10 @@ def _run_under_threestudio(configs: list, work: str, src: str) -> dict:
     ts_launch.load_custom_module(str(ROOT / "custom" / "threestudio-ddpo3d"))
 
     register_tiny_clip()
-    tiny = {"sd": build_tiny_sd_pipeline(os.path.join(work, "tiny-sd")),
-            "head": write_aesthetic_head(os.path.join(work, "head.pth"))}
+    tiny = {
+        "sd": build_tiny_sd_pipeline(os.path.join(work, "tiny-sd")),
+        "head": write_aesthetic_head(os.path.join(work, "head.pth")),
+    }
     results = {}
     for config in configs:
         path = Path(config)
@@ -263,10 +284,19 @@ def _run_under_threestudio(configs: list, work: str, src: str) -> dict:
             dm = threestudio.find(cfg.data_type)(cfg.data)
             system = threestudio.find(cfg.system_type)(cfg.system, resumed=False)
             system.set_save_dir(str(out / "save"))
-            trainer = pl.Trainer(max_steps=cfg.trainer.max_steps, accelerator="cpu", devices=1, logger=False,
-                                 enable_checkpointing=False, num_sanity_val_steps=0,
-                                 val_check_interval=cfg.trainer.val_check_interval, enable_progress_bar=False,
-                                 enable_model_summary=False, log_every_n_steps=1, precision=cfg.trainer.precision)
+            trainer = pl.Trainer(
+                max_steps=cfg.trainer.max_steps,
+                accelerator="cpu",
+                devices=1,
+                logger=False,
+                enable_checkpointing=False,
+                num_sanity_val_steps=0,
+                val_check_interval=cfg.trainer.val_check_interval,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                log_every_n_steps=1,
+                precision=cfg.trainer.precision,
+            )
             trainer.fit(system, datamodule=dm)
             fit = {k: float(v) for k, v in trainer.callback_metrics.items()}
             trainer.test(system, datamodule=dm)
@@ -287,8 +317,10 @@ def test_gaussian_configs_under_real_threestudio(tmp_path):
 
     src = os.environ.get("DDPO3D_THREESTUDIO_SRC")
     if not src or not os.path.isfile(os.path.join(src, "threestudio", "__init__.py")):
-        pytest.skip("set DDPO3D_THREESTUDIO_SRC=<threestudio checkout> (and DDPO3D_THREESTUDIO_STUBS=1 on a CPU "
-                    "machine) to run the Gaussian configs through threestudio's own classes")
+        pytest.skip(
+            "set DDPO3D_THREESTUDIO_SRC=<threestudio checkout> (and DDPO3D_THREESTUDIO_STUBS=1 on a CPU "
+            "machine) to run the Gaussian configs through threestudio's own classes"
+        )
     paths = [os.path.abspath(src), str(ROOT)]
     if os.environ.get("DDPO3D_THREESTUDIO_STUBS", "0").lower() in ("1", "true", "yes"):
         from test_threestudio_compat import write_placeholders
@@ -297,8 +329,25 @@ def test_gaussian_configs_under_real_threestudio(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "DDPO3D_HOST": "threestudio", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "report.json"
     configs = [str(c) for c in SD_CONFIGS + TOY_CONFIGS]
-    proc = subprocess.run([sys.executable, "-W", "ignore", __file__, "--out", str(out), "--work", str(tmp_path / "work"),
-                           "--src", src, *configs], env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            __file__,
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+            "--src",
+            src,
+            *configs,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.is_file(), proc.stderr[-4000:]
     report = json.loads(out.read_text())
     for config in configs:

@@ -38,7 +38,8 @@ def load_extension():
     if _registered("ddpo3d-gaussian-splat") is None and PKG not in sys.modules:
         try:
             spec = importlib.util.spec_from_file_location(
-                PKG, EXT_DIR / "__init__.py", submodule_search_locations=[str(EXT_DIR)])
+                PKG, EXT_DIR / "__init__.py", submodule_search_locations=[str(EXT_DIR)]
+            )
             module = importlib.util.module_from_spec(spec)
             sys.modules[PKG] = module
             spec.loader.exec_module(module)
@@ -62,15 +63,24 @@ class ConstBackground(torch.nn.Module):
         return 0.5 + 0.5 * dirs
 
 
-def camera_batch(B=2, H=24, W=32, elevation_deg=(15.0, -20.0), azimuth_deg=(30.0, 200.0), distance=2.5,
-                 fovy_deg=49.0, dtype=torch.float32):
+def camera_batch(
+    B=2,
+    H=24,
+    W=32,
+    elevation_deg=(15.0, -20.0),
+    azimuth_deg=(30.0, 200.0),
+    distance=2.5,
+    fovy_deg=49.0,
+    dtype=torch.float32,
+):
     """A batch with the keys and conventions of threestudio's random-camera datamodule
     (``data/uncond.py``: z-up world, c2w in OpenGL axes, rays through pixel centres)."""
     elev = torch.tensor(elevation_deg[:B], dtype=dtype) * math.pi / 180
     azim = torch.tensor(azimuth_deg[:B], dtype=dtype) * math.pi / 180
     dist = torch.full((B,), distance, dtype=dtype)
-    pos = torch.stack([dist * torch.cos(elev) * torch.cos(azim), dist * torch.cos(elev) * torch.sin(azim),
-                       dist * torch.sin(elev)], -1)
+    pos = torch.stack(
+        [dist * torch.cos(elev) * torch.cos(azim), dist * torch.cos(elev) * torch.sin(azim), dist * torch.sin(elev)], -1
+    )
     up = torch.tensor([0.0, 0.0, 1.0], dtype=dtype).expand(B, 3)
     lookat = F.normalize(-pos, dim=-1)
     right = F.normalize(torch.cross(lookat, up, dim=-1), dim=-1)
@@ -82,8 +92,14 @@ def camera_batch(B=2, H=24, W=32, elevation_deg=(15.0, -20.0), azimuth_deg=(30.0
     fovy = torch.full((B,), fovy_deg * math.pi / 180, dtype=dtype)
     focal = 0.5 * H / torch.tan(0.5 * fovy)
     j, i = torch.meshgrid(torch.arange(H, dtype=dtype) + 0.5, torch.arange(W, dtype=dtype) + 0.5, indexing="ij")
-    d = torch.stack([(i - W / 2)[None] / focal[:, None, None], -(j - H / 2)[None] / focal[:, None, None],
-                     -torch.ones(B, H, W, dtype=dtype)], -1)
+    d = torch.stack(
+        [
+            (i - W / 2)[None] / focal[:, None, None],
+            -(j - H / 2)[None] / focal[:, None, None],
+            -torch.ones(B, H, W, dtype=dtype),
+        ],
+        -1,
+    )
     rays_d = F.normalize(torch.einsum("bij,bhwj->bhwi", c2w[:, :3, :3], d), dim=-1)
     near, far = 0.01, 100.0
     proj = torch.zeros(B, 4, 4, dtype=dtype)
@@ -94,18 +110,30 @@ def camera_batch(B=2, H=24, W=32, elevation_deg=(15.0, -20.0), azimuth_deg=(30.0
     proj[:, 3, 2] = -1
     mvp = proj @ torch.linalg.inv(c2w)
     return {
-        "rays_o": pos[:, None, None, :].expand(B, H, W, 3), "rays_d": rays_d, "mvp_mtx": mvp,
-        "camera_positions": pos, "c2w": c2w, "light_positions": pos * 1.5,
-        "elevation": elev * 180 / math.pi, "azimuth": azim * 180 / math.pi, "camera_distances": dist,
-        "height": H, "width": W, "fovy": fovy, "proj_mtx": proj,
+        "rays_o": pos[:, None, None, :].expand(B, H, W, 3),
+        "rays_d": rays_d,
+        "mvp_mtx": mvp,
+        "camera_positions": pos,
+        "c2w": c2w,
+        "light_positions": pos * 1.5,
+        "elevation": elev * 180 / math.pi,
+        "azimuth": azim * 180 / math.pi,
+        "camera_distances": dist,
+        "height": H,
+        "width": W,
+        "fovy": fovy,
+        "proj_mtx": proj,
     }
 
 
 def make(geo_cfg=None, ren_cfg=None, background=True):
-    geo = Geometry({"num_points": 300, "init_radius": 0.6, "init_color": None, "init_opacity": 0.5,
-                    **(geo_cfg or {})})
-    ren = Renderer({"tile_size": 8, **(ren_cfg or {})}, geometry=geo, material=None,
-                   background=ConstBackground() if background else None)
+    geo = Geometry({"num_points": 300, "init_radius": 0.6, "init_color": None, "init_opacity": 0.5, **(geo_cfg or {})})
+    ren = Renderer(
+        {"tile_size": 8, **(ren_cfg or {})},
+        geometry=geo,
+        material=None,
+        background=ConstBackground() if background else None,
+    )
     return geo, ren
 
 
@@ -137,8 +165,15 @@ def test_initialisations(tmp_path):
     # kNN initial scales shrink with density
     sparse = Geometry({"num_points": 50, "init_radius": 0.7})
     assert sparse.get_scales().mean() > 1.5 * geo.get_scales().mean()
-    ell = Geometry({"init": "ellipsoid", "num_points": 400, "init_shape_radii": [0.6, 0.3, 0.2],
-                    "init_shell_thickness": 0.0, "init_scale": 0.02})
+    ell = Geometry(
+        {
+            "init": "ellipsoid",
+            "num_points": 400,
+            "init_shape_radii": [0.6, 0.3, 0.2],
+            "init_shell_thickness": 0.0,
+            "init_scale": 0.02,
+        }
+    )
     r = (ell.means / torch.tensor([0.6, 0.3, 0.2])).norm(dim=-1)
     assert torch.allclose(r, torch.ones(400), atol=1e-5) and torch.allclose(ell.get_scales(), torch.tensor(0.02))
     trimesh = pytest.importorskip("trimesh")
@@ -173,9 +208,16 @@ def test_renderer_outputs_follow_threestudio_contract():
     ren.train()
     out = ren(**batch)
     B, H, W = 2, 24, 32
-    for key, shape in [("comp_rgb", (B, H, W, 3)), ("comp_rgb_fg", (B, H, W, 3)), ("comp_rgb_bg", (B, H, W, 3)),
-                       ("opacity", (B, H, W, 1)), ("depth", (B, H, W, 1)), ("viewspace_points", (B, 300, 2)),
-                       ("visibility_filter", (B, 300)), ("radii", (B, 300))]:
+    for key, shape in [
+        ("comp_rgb", (B, H, W, 3)),
+        ("comp_rgb_fg", (B, H, W, 3)),
+        ("comp_rgb_bg", (B, H, W, 3)),
+        ("opacity", (B, H, W, 1)),
+        ("depth", (B, H, W, 1)),
+        ("viewspace_points", (B, 300, 2)),
+        ("visibility_filter", (B, 300)),
+        ("radii", (B, 300)),
+    ]:
         assert out[key].shape == shape, key
         assert torch.isfinite(out[key].float()).all(), key
     assert torch.allclose(out["comp_rgb_bg"], 0.5 + 0.5 * batch["rays_d"])  # background called with rays_d
@@ -204,8 +246,9 @@ def test_renderer_outputs_follow_threestudio_contract():
 
 def test_renderer_pixel_matches_batch_ray():
     """A small Gaussian placed on rays_d[v, u] lights up pixel (v, u)."""
-    geo, ren = make({"num_points": 1, "init_scale": 0.004, "init_opacity": 0.9, "init_color": [1.0, 0.0, 0.0]},
-                    background=False)
+    geo, ren = make(
+        {"num_points": 1, "init_scale": 0.004, "init_opacity": 0.9, "init_color": [1.0, 0.0, 0.0]}, background=False
+    )
     batch = camera_batch(B=1)
     ren.eval()
     for v, u in [(3, 5), (20, 27), (12, 16)]:
@@ -214,8 +257,9 @@ def test_renderer_pixel_matches_batch_ray():
             out = ren(**batch)
         op = out["opacity"][0, ..., 0]
         assert tuple(int(i) for i in divmod(int(op.argmax()), op.shape[1])) == (v, u)
-        assert torch.allclose(out["depth"][0, v, u, 0] / op[v, u], (2.0 * batch["rays_d"][0, v, u] @
-                              -batch["c2w"][0, :3, 2]), atol=1e-4)
+        assert torch.allclose(
+            out["depth"][0, v, u, 0] / op[v, u], (2.0 * batch["rays_d"][0, v, u] @ -batch["c2w"][0, :3, 2]), atol=1e-4
+        )
 
 
 def test_gsplat_backend_on_cpu_is_a_clear_error():
@@ -231,8 +275,16 @@ def _adam(geo):
 
 
 def test_param_groups_and_position_lr_decay():
-    geo = Geometry({"num_points": 20, "sh_degree": 1, "position_lr_init": 1e-3, "position_lr_final": 1e-5,
-                    "position_lr_max_steps": 100, "sh_degree_increase_interval": 10})
+    geo = Geometry(
+        {
+            "num_points": 20,
+            "sh_degree": 1,
+            "position_lr_init": 1e-3,
+            "position_lr_final": 1e-5,
+            "position_lr_max_steps": 100,
+            "sh_degree_increase_interval": 10,
+        }
+    )
     opt = _adam(geo)
     groups = {g["name"]: g for g in opt.param_groups}
     assert set(groups) == {f"geometry.{n}" for n in ("means", "scales", "quats", "opacities", "sh0", "shN")}
@@ -260,8 +312,16 @@ def _train_steps(geo, ren, opt, batch, n=3):
 
 def test_densify_keeps_optimizer_state_consistent():
     torch.manual_seed(0)
-    geo, ren = make({"num_points": 200, "init_opacity": 0.3, "sh_degree": 1, "densify_grad_threshold": 0.0,
-                     "percent_dense": 0.02, "scene_extent": 1.0})
+    geo, ren = make(
+        {
+            "num_points": 200,
+            "init_opacity": 0.3,
+            "sh_degree": 1,
+            "densify_grad_threshold": 0.0,
+            "percent_dense": 0.02,
+            "scene_extent": 1.0,
+        }
+    )
     # half small (cloned), half large (split); a few transparent ones to prune
     with torch.no_grad():
         geo.scales[:100] = math.log(0.01)
@@ -297,7 +357,7 @@ def test_densify_keeps_optimizer_state_consistent():
         assert torch.equal(st["exp_avg_sq"][:n_keep], state_before[n]["exp_avg_sq"][keep_idx]), n
         assert torch.equal(st["step"], state_before[n]["step"])
         # clones copy their source, new rows start with zero moments
-        assert torch.equal(p[n_keep:n_keep + n_clone], before[n][clone_idx]), n
+        assert torch.equal(p[n_keep : n_keep + n_clone], before[n][clone_idx]), n
         assert (st["exp_avg"][n_keep:] == 0).all() and (st["exp_avg_sq"][n_keep:] == 0).all(), n
     children = slice(n_keep + n_clone, None)
     assert torch.allclose(geo.scales[children], before["scales"][split_idx].repeat(2, 1) - math.log(1.6), atol=1e-6)
@@ -318,9 +378,18 @@ def test_densify_keeps_optimizer_state_consistent():
 
 
 def test_densify_and_prune_schedule_cap_and_opacity_reset():
-    geo, ren = make({"num_points": 100, "densify_grad_threshold": 0.0, "densify_from_iter": 2,
-                     "densify_until_iter": 10, "densification_interval": 3, "opacity_reset_interval": 5,
-                     "max_num_points": 130, "init_opacity": 0.5})
+    geo, ren = make(
+        {
+            "num_points": 100,
+            "densify_grad_threshold": 0.0,
+            "densify_from_iter": 2,
+            "densify_until_iter": 10,
+            "densification_interval": 3,
+            "opacity_reset_interval": 5,
+            "max_num_points": 130,
+            "init_opacity": 0.5,
+        }
+    )
     opt = _adam(geo)
     ren.train()
     batch = camera_batch()
@@ -373,14 +442,25 @@ def _psnr(a, b):
 def test_fitting_a_target_render_raises_psnr():
     """Learning check: fit fresh Gaussians to renders of fixed ones (50 Adam steps)."""
     torch.manual_seed(1)
-    target_geo, target_ren = make({"num_points": 60, "init_radius": 0.5, "init_opacity": 0.8, "init_scale": 0.08},
-                                  background=False)
+    target_geo, target_ren = make(
+        {"num_points": 60, "init_radius": 0.5, "init_opacity": 0.8, "init_scale": 0.08}, background=False
+    )
     batch = camera_batch(B=2, H=24, W=24)
     target_ren.eval()
     with torch.no_grad():
         target = target_ren(**batch, bg_color=torch.zeros(3))["comp_rgb"]
-    geo, ren = make({"num_points": 150, "init_radius": 0.5, "init_opacity": 0.3, "init_color": [0.5, 0.5, 0.5],
-                     "init_scale": 0.06, "position_lr_init": 5e-3, "position_lr_final": 5e-3}, background=False)
+    geo, ren = make(
+        {
+            "num_points": 150,
+            "init_radius": 0.5,
+            "init_opacity": 0.3,
+            "init_color": [0.5, 0.5, 0.5],
+            "init_scale": 0.06,
+            "position_lr_init": 5e-3,
+            "position_lr_final": 5e-3,
+        },
+        background=False,
+    )
     opt = torch.optim.Adam(geo.optimizer_param_groups())
     for g in opt.param_groups:  # faster rates for a 50-step test
         g["lr"] *= 4
@@ -398,8 +478,7 @@ def test_fitting_a_target_render_raises_psnr():
 
 def test_bind_lightning_optimizer_wrapper():
     pl_opt = pytest.importorskip("pytorch_lightning.core.optimizer")
-    geo = Geometry({"num_points": 10, "position_lr_init": 1e-3, "position_lr_final": 1e-5,
-                    "position_lr_max_steps": 10})
+    geo = Geometry({"num_points": 10, "position_lr_init": 1e-3, "position_lr_final": 1e-5, "position_lr_max_steps": 10})
     opt = torch.optim.Adam(geo.optimizer_param_groups())
     geo.bind_optimizer(pl_opt.LightningOptimizer(opt))  # the wrapper is dropped right away
     geo.do_update_step(0, 10)
@@ -412,9 +491,20 @@ def test_renders_runtime_datamodule_batches():
     if host.HOST != "lite":
         pytest.skip("uses the built-in runtime's datamodule")
     uncond = pytest.importorskip("ddpo3d.lite.data.uncond")
-    dm = uncond.RandomCameraDataModule({"batch_size": 2, "width": 20, "height": 16, "eval_width": 24,
-                                        "eval_height": 18, "n_val_views": 2, "n_test_views": 3,
-                                        "camera_perturb": 0.1, "center_perturb": 0.1, "up_perturb": 0.05})
+    dm = uncond.RandomCameraDataModule(
+        {
+            "batch_size": 2,
+            "width": 20,
+            "height": 16,
+            "eval_width": 24,
+            "eval_height": 18,
+            "n_val_views": 2,
+            "n_test_views": 3,
+            "camera_perturb": 0.1,
+            "center_perturb": 0.1,
+            "up_perturb": 0.05,
+        }
+    )
     dm.setup()
     train = dm.train_dataset.collate(None)
     test = next(iter(dm.test_dataloader()))

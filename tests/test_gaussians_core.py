@@ -63,8 +63,17 @@ def make_scene(kind, N=120, W=37, H=29, C=2, dtype=torch.float64, seed=0):
     pos = torch.stack([3 * torch.cos(az), 3 * torch.sin(az), 0.4 * torch.ones_like(az)], -1)
     viewmats = opengl_c2w_to_viewmats(lookat_c2w(pos, dtype))
     Ks = intrinsics_from_fovy(torch.full((C,), 0.9, dtype=dtype), W, H)
-    return dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors,
-                viewmats=viewmats, Ks=Ks, width=W, height=H)
+    return dict(
+        means=means,
+        quats=quats,
+        scales=scales,
+        opacities=opacities,
+        colors=colors,
+        viewmats=viewmats,
+        Ks=Ks,
+        width=W,
+        height=H,
+    )
 
 
 SCENES = ["random", "overlap", "offscreen"]
@@ -94,7 +103,8 @@ def test_small_chunks_match_one_chunk():
 def _loop_composite(s, cam):
     """gsplat's per-pixel CUDA loop, written sequentially (tiny scenes only)."""
     means2d, conics, depths, radii, _ = project_gaussians(
-        s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"], s["width"], s["height"])
+        s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"], s["width"], s["height"]
+    )
     order = [int(i) for i in torch.argsort(depths[cam], stable=True) if (radii[cam, i] > 0).all()]
     img = np.zeros((s["height"], s["width"], 3))
     acc = np.zeros((s["height"], s["width"]))
@@ -213,8 +223,14 @@ def test_camera_convention_matches_threestudio_rays():
         d_cam = torch.tensor([(u + 0.5 - W / 2) / focal, -(v + 0.5 - H / 2) / focal, -1.0], dtype=torch.float64)
         p = c2w[0, :3, 3] + 1.7 * (c2w[0, :3, :3] @ d_cam)
         m2d, _, depth, _, _ = project_gaussians(
-            p[None], torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64), torch.full((1, 3), 0.01, dtype=torch.float64),
-            opengl_c2w_to_viewmats(c2w), intrinsics_from_fovy(fovy, W, H), W, H)
+            p[None],
+            torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64),
+            torch.full((1, 3), 0.01, dtype=torch.float64),
+            opengl_c2w_to_viewmats(c2w),
+            intrinsics_from_fovy(fovy, W, H),
+            W,
+            H,
+        )
         assert torch.allclose(m2d[0, 0], torch.tensor([u + 0.5, v + 0.5], dtype=torch.float64), atol=1e-9)
         assert depth[0, 0] > 0
 
@@ -243,10 +259,12 @@ def test_projection_and_sh_match_gsplat_torch_reference():
     gs = pytest.importorskip("gsplat.cuda._torch_impl", reason="gsplat not installed (pip install gsplat==1.5.3)")
     s = make_scene("offscreen", N=200, dtype=torch.float32)
     m2d, conics, depths, radii, _ = project_gaussians(
-        s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"], s["width"], s["height"])
+        s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"], s["width"], s["height"]
+    )
     covars, _ = gs._quat_scale_to_covar_preci(s["quats"], s["scales"], compute_preci=False, triu=False)
     r_g, m_g, d_g, c_g, _ = gs._fully_fused_projection(
-        s["means"], covars, s["viewmats"], s["Ks"], s["width"], s["height"])
+        s["means"], covars, s["viewmats"], s["Ks"], s["width"], s["height"]
+    )
     vis = (radii > 0).all(-1)
     assert vis.sum() > 20
     assert torch.equal(vis, (r_g > 0).all(-1))
@@ -300,9 +318,12 @@ def test_ply_round_trip(tmp_path):
     g = torch.Generator().manual_seed(3)
     N = 57
     data = dict(
-        means=torch.randn(N, 3, generator=g), sh0=torch.randn(N, 1, 3, generator=g),
-        shN=torch.randn(N, 15, 3, generator=g), opacity_logits=torch.randn(N, generator=g),
-        log_scales=torch.randn(N, 3, generator=g), quats=torch.randn(N, 4, generator=g),
+        means=torch.randn(N, 3, generator=g),
+        sh0=torch.randn(N, 1, 3, generator=g),
+        shN=torch.randn(N, 15, 3, generator=g),
+        opacity_logits=torch.randn(N, generator=g),
+        log_scales=torch.randn(N, 3, generator=g),
+        quats=torch.randn(N, 4, generator=g),
     )
     path = save_gaussians_ply(str(tmp_path / "sub" / "g.ply"), **data)
     header = open(path, "rb").read(2000).split(b"end_header")[0].decode()
@@ -356,8 +377,13 @@ def test_split_and_knn():
     quats = torch.tensor([[1.0, 0, 0, 0]]).repeat(4, 1)
     m, ls = split_gaussians(means, log_scales, quats, n_split=2, generator=torch.Generator().manual_seed(0))
     assert m.shape == (8, 3) and torch.allclose(ls.exp(), torch.tensor([0.1, 0.2, 0.3]) / 1.6)
-    big = split_gaussians(torch.zeros(20000, 3), log_scales[:1].repeat(20000, 1), quats[:1].repeat(20000, 1),
-                          n_split=1, generator=torch.Generator().manual_seed(1))[0]
+    big = split_gaussians(
+        torch.zeros(20000, 3),
+        log_scales[:1].repeat(20000, 1),
+        quats[:1].repeat(20000, 1),
+        n_split=1,
+        generator=torch.Generator().manual_seed(1),
+    )[0]
     assert torch.allclose(big.std(0), torch.tensor([0.1, 0.2, 0.3]), rtol=0.05)  # sampled from the parent
     pts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 2, 0], [10, 0, 0]])
     d = knn_mean_sq_dist(pts, k=1)

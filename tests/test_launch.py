@@ -6,11 +6,11 @@ import subprocess
 import sys
 import textwrap
 
+import lite_doubles
 import pytest
 from omegaconf import OmegaConf
 
 import launch
-import lite_doubles
 from ddpo3d.lite.experiment import RESOLVERS, load_config, parse_overrides, register_resolvers
 from ddpo3d.utils.config import ConfigError
 
@@ -57,7 +57,9 @@ def test_unknown_key_from_an_override_is_named(tmp_path, capsys):
     assert "widht" in _error_line(err)
 
 
-@pytest.mark.parametrize("override,named", [("trainer.max_step=3", "max_step"), ("checkpoint.save_lst=true", "save_lst")])
+@pytest.mark.parametrize(
+    "override,named", [("trainer.max_step=3", "max_step"), ("checkpoint.save_lst=true", "save_lst")]
+)
 def test_unknown_trainer_or_checkpoint_argument_is_named(tmp_path, capsys, override, named):
     path = _write(tmp_path, lite_doubles.experiment_yaml(str(tmp_path)))
     rc, err = _run(["--config", path, "--train", override], capsys)
@@ -121,24 +123,58 @@ def test_extension_folders_are_loaded(tmp_path):
 def test_overrides_merge_and_resolvers():
     register_resolvers()
     register_resolvers()  # idempotent
-    assert set(RESOLVERS) >= {"rmspace", "add", "sub", "mul", "div", "idiv", "basename", "tuple2", "gt0",
-                              "cmaxgt0", "not", "cmaxgt0orcmaxgt0", "calc_exp_lr_decay_rate"}
-    cfg = OmegaConf.create({
-        "a": "${rmspace:'a b c',_}", "b": "${add:1,2}", "c": "${idiv:7,2}", "d": "${basename:/x/y.ckpt}",
-        "e": "${tuple2:0.5}", "f": "${cmaxgt0:[0, 0.0, 1.0, 10]}", "g": "${not:true}",
-        "h": "${calc_exp_lr_decay_rate:0.1,2}", "i": "${cmaxgt0orcmaxgt0:0,0}",
-    })
+    assert set(RESOLVERS) >= {
+        "rmspace",
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "idiv",
+        "basename",
+        "tuple2",
+        "gt0",
+        "cmaxgt0",
+        "not",
+        "cmaxgt0orcmaxgt0",
+        "calc_exp_lr_decay_rate",
+    }
+    cfg = OmegaConf.create(
+        {
+            "a": "${rmspace:'a b c',_}",
+            "b": "${add:1,2}",
+            "c": "${idiv:7,2}",
+            "d": "${basename:/x/y.ckpt}",
+            "e": "${tuple2:0.5}",
+            "f": "${cmaxgt0:[0, 0.0, 1.0, 10]}",
+            "g": "${not:true}",
+            "h": "${calc_exp_lr_decay_rate:0.1,2}",
+            "i": "${cmaxgt0orcmaxgt0:0,0}",
+        }
+    )
     assert OmegaConf.to_container(cfg, resolve=True) == {
-        "a": "a_b_c", "b": 3, "c": 3, "d": "y.ckpt", "e": [0.5, 0.5], "f": True, "g": False,
-        "h": pytest.approx(0.1 ** 0.5), "i": False,
+        "a": "a_b_c",
+        "b": 3,
+        "c": 3,
+        "d": "y.ckpt",
+        "e": [0.5, 0.5],
+        "f": True,
+        "g": False,
+        "h": pytest.approx(0.1**0.5),
+        "i": False,
     }
     over = parse_overrides(["system.prompt_processor.prompt=a hamburger", "trainer.max_steps=5", "resume=/x.ckpt"])
-    assert over.system.prompt_processor.prompt == "a hamburger" and over.trainer.max_steps == 5 and over.resume == "/x.ckpt"
+    assert (
+        over.system.prompt_processor.prompt == "a hamburger"
+        and over.trainer.max_steps == 5
+        and over.resume == "/x.ckpt"
+    )
 
 
 def test_stock_config_parses_with_prompt(tmp_path):
-    cfg = load_config(os.path.join(ROOT, "configs", "dreamfusion-sd.yaml"),
-                      cli_args=["system.prompt_processor.prompt=a delicious hamburger", f"exp_root_dir={tmp_path}"])
+    cfg = load_config(
+        os.path.join(ROOT, "configs", "dreamfusion-sd.yaml"),
+        cli_args=["system.prompt_processor.prompt=a delicious hamburger", f"exp_root_dir={tmp_path}"],
+    )
     assert cfg.tag == "a_delicious_hamburger"
     assert cfg.trial_dir.startswith(os.path.join(str(tmp_path), "dreamfusion-sd", "a_delicious_hamburger@"))
     assert cfg.system.renderer.radius == 2.0  # ${system.geometry.radius}
@@ -154,16 +190,28 @@ def test_train_through_main_with_an_extension(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))  # restored after
     ext = tmp_path / "custom" / "h3-ext"
     ext.mkdir(parents=True)
-    (ext / "__init__.py").write_text(textwrap.dedent("""
+    (ext / "__init__.py").write_text(
+        textwrap.dedent("""
         from ddpo3d import host
         import lite_doubles
         if "h3-ext-guidance" not in host.threestudio.__modules__:
             host.register("h3-ext-guidance")(type("ExtGuidance", (lite_doubles.MSEGuidance,), {}))
-    """))
+    """)
+    )
     path = _write(tmp_path, lite_doubles.experiment_yaml(str(tmp_path), max_steps=2))
-    rc = launch.main(["--config", path, "--train", "--gpu", "0", "system.guidance_type=h3-ext-guidance",
-                      "system.prompt_processor.prompt=a blue ball", "data.n_test_views=2"],
-                     custom_dirs=[str(tmp_path / "custom")])
+    rc = launch.main(
+        [
+            "--config",
+            path,
+            "--train",
+            "--gpu",
+            "0",
+            "system.guidance_type=h3-ext-guidance",
+            "system.prompt_processor.prompt=a blue ball",
+            "data.n_test_views=2",
+        ],
+        custom_dirs=[str(tmp_path / "custom")],
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     trial = tmp_path / "tiny" / "a_blue_ball"
@@ -178,8 +226,21 @@ def test_train_through_main_with_an_extension(tmp_path, capsys, monkeypatch):
 
 def test_command_line_exit_status_and_single_error_line(tmp_path):
     env = dict(os.environ, DDPO3D_HOST="lite", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config", str(tmp_path / "missing.yaml"), "--test", "--typecheck"],
-                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch.py"),
+            "--config",
+            str(tmp_path / "missing.yaml"),
+            "--test",
+            "--typecheck",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: Config file not found")
     assert "Traceback" not in proc.stderr

@@ -10,13 +10,32 @@ from ddpo3d.lite.data.uncond import RandomCameraDataModule
 from ddpo3d.utils.config import ConfigError
 
 TRAIN_KEYS = {
-    "rays_o", "rays_d", "mvp_mtx", "camera_positions", "c2w", "light_positions", "elevation",
-    "azimuth", "camera_distances", "height", "width", "fovy", "proj_mtx",
+    "rays_o",
+    "rays_d",
+    "mvp_mtx",
+    "camera_positions",
+    "c2w",
+    "light_positions",
+    "elevation",
+    "azimuth",
+    "camera_distances",
+    "height",
+    "width",
+    "fovy",
+    "proj_mtx",
 }
 
 
 def make(**cfg):
-    base = {"width": 8, "height": 6, "batch_size": 3, "eval_width": 10, "eval_height": 4, "n_val_views": 2, "n_test_views": 5}
+    base = {
+        "width": 8,
+        "height": 6,
+        "batch_size": 3,
+        "eval_width": 10,
+        "eval_height": 4,
+        "n_val_views": 2,
+        "n_test_views": 5,
+    }
     base.update(cfg)
     dm = RandomCameraDataModule(base)
     dm.setup()
@@ -44,8 +63,16 @@ def test_train_batch_keys_and_shapes():
 
 
 def test_train_cameras_respect_ranges_and_look_at_the_centre():
-    dm = make(batch_size=16, camera_perturb=0.0, center_perturb=0.0, up_perturb=0.0,
-              elevation_range=[10, 30], azimuth_range=[-90, 90], camera_distance_range=[1.5, 2.0], fovy_range=[40, 50])
+    dm = make(
+        batch_size=16,
+        camera_perturb=0.0,
+        center_perturb=0.0,
+        up_perturb=0.0,
+        elevation_range=[10, 30],
+        azimuth_range=[-90, 90],
+        camera_distance_range=[1.5, 2.0],
+        fovy_range=[40, 50],
+    )
     for _ in range(3):
         b = dm.train_dataset.collate({})
         assert ((b["elevation"] >= 10 - 1e-4) & (b["elevation"] <= 30 + 1e-4)).all()

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import cache_dir, tiny_if_path  # noqa: F401  (fixtures)
 
 import ddpo3d.lite as threestudio
 from ddpo3d.diffusion import UNetNoisePredictor
@@ -16,7 +17,6 @@ from ddpo3d.testing import tiny_if
 from ddpo3d.testing.tiny_if import build_t5_tokenizer, build_tiny_if_pipeline
 from ddpo3d.utils.config import ConfigError
 from ddpo3d.weights import WeightsNotFoundError
-from helpers import cache_dir, tiny_if_path  # noqa: F401  (fixtures)
 
 
 def make_pp(path, **kw):
@@ -42,8 +42,13 @@ CAMS = dict(
 def test_tokenizer_offline_t5_conventions():
     tok = build_t5_tokenizer()
     assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
-    enc = tok(["a delicious hamburger, front view", "Qx!"], padding="max_length", max_length=77,
-              truncation=True, return_tensors="pt")
+    enc = tok(
+        ["a delicious hamburger, front view", "Qx!"],
+        padding="max_length",
+        max_length=77,
+        truncation=True,
+        return_tensors="pt",
+    )
     assert enc.input_ids.shape == (2, 77)
     # </s> closes each prompt, then padding; every ASCII character is covered (no <unk>)
     for row, mask in zip(enc.input_ids, enc.attention_mask):
@@ -204,8 +209,13 @@ def test_guidance_sds_matches_threestudio_formula(guidance, prompt_utils):
 
 
 def test_guidance_schedules_grad_clip_and_errors(tiny_if_path, prompt_utils):
-    g = make_guidance(tiny_if_path, grad_clip=[0, 0.01, 0.02, 10], min_step_percent=[0, 0.5, 0.1, 10],
-                      max_step_percent=0.6, weighting_strategy="uniform")
+    g = make_guidance(
+        tiny_if_path,
+        grad_clip=[0, 0.01, 0.02, 10],
+        min_step_percent=[0, 0.5, 0.1, 10],
+        max_step_percent=0.6,
+        weighting_strategy="uniform",
+    )
     g.update_step(0, 5)
     assert g.grad_clip_val == pytest.approx(0.015)
     assert (g.min_step, g.max_step) == (300, 600)

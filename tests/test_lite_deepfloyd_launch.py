@@ -6,7 +6,6 @@ import os
 
 import imageio
 import pytest
-
 from helpers import ROOT, reduced_overrides, tiny_if_path, train_loss_rows  # noqa: F401  (tiny_if_path: fixture)
 
 CONFIG = os.path.join(ROOT, "configs", "dreamfusion-if.yaml")
@@ -28,9 +27,21 @@ def test_without_weights_fails_with_the_weights_message(tmp_path, capsys, monkey
     import launch
 
     monkeypatch.setenv("DDPO3D_TEXT_EMBEDDING_CACHE", str(tmp_path / "emb"))
-    rc = launch.main(["--config", CONFIG, "--train", "system.prompt_processor.prompt=a hamburger",
-                      "trainer.max_steps=1", f"exp_root_dir={tmp_path}", "use_timestamp=false",
-                      "data.width=8", "data.height=8", "system.renderer.num_samples_per_ray=4"], custom_dirs=[])
+    rc = launch.main(
+        [
+            "--config",
+            CONFIG,
+            "--train",
+            "system.prompt_processor.prompt=a hamburger",
+            "trainer.max_steps=1",
+            f"exp_root_dir={tmp_path}",
+            "use_timestamp=false",
+            "data.width=8",
+            "data.height=8",
+            "system.renderer.num_samples_per_ray=4",
+        ],
+        custom_dirs=[],
+    )
     err = capsys.readouterr().err
     assert rc != 0
     assert "DeepFloyd/IF-I-XL-v1.0" in err and "were not found" in err
@@ -41,8 +52,9 @@ def test_reduced_dreamfusion_if_trains_and_tests(tiny_if_path, tmp_path, capsys,
     import launch
 
     monkeypatch.setenv("DDPO3D_TEXT_EMBEDDING_CACHE", str(tmp_path / "emb"))
-    rc = launch.main(["--config", CONFIG, "--train", "--gpu", "0"] + reduced_overrides(tiny_if_path, tmp_path),
-                     custom_dirs=[])
+    rc = launch.main(
+        ["--config", CONFIG, "--train", "--gpu", "0"] + reduced_overrides(tiny_if_path, tmp_path), custom_dirs=[]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     trial = tmp_path / "dreamfusion-if" / "a_delicious_hamburger"

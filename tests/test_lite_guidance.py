@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import tiny_sd  # noqa: F401  (fixture)
 
 import ddpo3d.lite as threestudio
 from ddpo3d.lite.models.guidance.stable_diffusion_guidance import StableDiffusionGuidance
@@ -9,7 +10,6 @@ from ddpo3d.lite.models.prompt_processors.stable_diffusion_prompt_processor impo
 from ddpo3d.testing.tiny_sd import NATIVE_RESOLUTION
 from ddpo3d.utils.config import ConfigError
 from ddpo3d.weights import WeightsNotFoundError
-from helpers import tiny_sd  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +38,26 @@ def guidance(tiny_sd):
 
 
 def cams(b, device="cpu"):
-    return torch.zeros(b, device=device), torch.linspace(-180, 170, b, device=device), torch.full((b,), 2.0, device=device)
+    return (
+        torch.zeros(b, device=device),
+        torch.linspace(-180, 170, b, device=device),
+        torch.full((b,), 2.0, device=device),
+    )
 
 
 def test_guidance_attributes_match_threestudio(guidance):
-    for name in ("pipe", "vae", "unet", "scheduler", "alphas", "num_train_timesteps", "min_step", "max_step",
-                 "weights_dtype", "grad_clip_val"):
+    for name in (
+        "pipe",
+        "vae",
+        "unet",
+        "scheduler",
+        "alphas",
+        "num_train_timesteps",
+        "min_step",
+        "max_step",
+        "weights_dtype",
+        "grad_clip_val",
+    ):
         assert hasattr(guidance, name), name
     assert guidance.resolution == NATIVE_RESOLUTION == 64
     assert guidance.weights_dtype == torch.float32  # fp16 is CUDA-only
@@ -90,8 +104,9 @@ def test_latent_input_encode_decode_and_img_loss(tiny_sd, prompt_utils, guidance
 
 
 def test_guidance_eval_previews(guidance, prompt_utils):
-    out = guidance(torch.rand(1, 16, 16, 3, device=guidance.device), prompt_utils, *cams(1, guidance.device),
-                   guidance_eval=True)
+    out = guidance(
+        torch.rand(1, 16, 16, 3, device=guidance.device), prompt_utils, *cams(1, guidance.device), guidance_eval=True
+    )
     ev = out["eval"]
     assert ev["imgs_final"].shape == (1, 64, 64, 3) and len(ev["texts"]) == 1
 

@@ -8,6 +8,7 @@ import random
 import imageio
 import pytest
 import torch
+from helpers import ROOT, reduced_overrides, tiny_sd, train_loss_rows  # noqa: F401  (tiny_sd: fixture)
 from omegaconf import OmegaConf
 
 import ddpo3d.lite as threestudio
@@ -16,7 +17,6 @@ from ddpo3d.lite.systems.dreamfusion import DreamFusion
 from ddpo3d.lite.systems.magic3d import Magic3D
 from ddpo3d.lite.utils.ops import binary_cross_entropy
 from ddpo3d.utils.config import ConfigError
-from helpers import ROOT, reduced_overrides, tiny_sd, train_loss_rows  # noqa: F401  (tiny_sd: fixture)
 
 CONFIG = os.path.join(ROOT, "configs", "magic3d-coarse-sd.yaml")
 
@@ -84,8 +84,16 @@ def test_missing_coarse_lambda_is_named():
 
 
 def test_coarse_loss_is_sds_plus_sparsity_and_opacity():
-    system = Magic3D(system_cfg(**{"loss.lambda_orient": 0.0, "loss.lambda_opaque": 0.5, "loss.lambda_sparsity": 2.0,
-                                   "loss.lambda_sds": 3.0}))
+    system = Magic3D(
+        system_cfg(
+            **{
+                "loss.lambda_orient": 0.0,
+                "loss.lambda_opaque": 0.5,
+                "loss.lambda_sparsity": 2.0,
+                "loss.lambda_sds": 3.0,
+            }
+        )
+    )
     system.prompt_processor = lambda: None
     system.guidance = SumGuidance()
     batch = batch16()
@@ -138,7 +146,9 @@ def test_reduced_magic3d_coarse_sd_trains_and_tests(tiny_sd, tmp_path, capsys, m
     import launch
 
     monkeypatch.setenv("DDPO3D_TEXT_EMBEDDING_CACHE", str(tmp_path / "emb"))
-    rc = launch.main(["--config", CONFIG, "--train", "--gpu", "0"] + reduced_overrides(tiny_sd, tmp_path), custom_dirs=[])
+    rc = launch.main(
+        ["--config", CONFIG, "--train", "--gpu", "0"] + reduced_overrides(tiny_sd, tmp_path), custom_dirs=[]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     trial = tmp_path / "magic3d-coarse-sd" / "a_delicious_hamburger"

@@ -141,7 +141,9 @@ def test_progressive_grid_equals_masked_full_grid():
     y = freq(torch.tensor([[0.25, 0.5]]))
     # tcnn layout: per input dim, per frequency k: sin(2^k pi x), cos(2^k pi x)
     torch.testing.assert_close(y[0, :2], torch.tensor([math.sin(math.pi / 4), math.cos(math.pi / 4)]))
-    torch.testing.assert_close(y[0, 6:8], torch.tensor([math.sin(math.pi / 2), math.cos(math.pi / 2)]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        y[0, 6:8], torch.tensor([math.sin(math.pi / 2), math.cos(math.pi / 2)]), atol=1e-6, rtol=0
+    )
 
 
 def test_progressive_band_frequency_mask_and_layout():
@@ -173,8 +175,17 @@ def test_encoding_and_mlp_config_errors_name_the_problem():
         get_encoding(3, dict(SMALL_GRID, n_levls=3))
     with pytest.raises(ConfigError, match="SphereInitVanillaMLP"):
         get_mlp(4, 1, {"otype": "SphereInitVanillaMLP", "n_neurons": 8, "n_hidden_layers": 1})
-    mlp = get_mlp(4, 2, {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "sigmoid",
-                         "n_neurons": 8, "n_hidden_layers": 2})
+    mlp = get_mlp(
+        4,
+        2,
+        {
+            "otype": "FullyFusedMLP",
+            "activation": "ReLU",
+            "output_activation": "sigmoid",
+            "n_neurons": 8,
+            "n_hidden_layers": 2,
+        },
+    )
     y = mlp(torch.randn(3, 4))
     assert y.shape == (3, 2) and ((y > 0) & (y < 1)).all()
     assert sum(isinstance(m, torch.nn.Linear) for m in mlp.modules()) == 3
@@ -320,8 +331,16 @@ def test_renderer_training_outputs_and_gradients():
     for key in ("opacity", "depth", "z_variance"):
         assert out[key].shape == (1, 8, 8, 1)
     n = 8 * 8 * 24
-    for key, c in (("weights", 1), ("t_points", 1), ("t_intervals", 1), ("t_dirs", 3), ("points", 3),
-                   ("density", 1), ("normal", 3), ("shading_normal", 3)):
+    for key, c in (
+        ("weights", 1),
+        ("t_points", 1),
+        ("t_intervals", 1),
+        ("t_dirs", 3),
+        ("points", 3),
+        ("density", 1),
+        ("normal", 3),
+        ("shading_normal", 3),
+    ):
         assert out[key].shape == (n, c), key
     assert out["ray_indices"].shape == (n,)
     op = out["opacity"]
@@ -356,8 +375,12 @@ def test_pruned_rendering_matches_dense_rendering():
     from ddpo3d.lite.models.renderers.occupancy_grid import OccupancyGrid
 
     renderer, geo = make_renderer(n_samples=48, randomized=False)
-    dense = NeRFVolumeRenderer({"radius": 2.0, "num_samples_per_ray": 48, "grid_prune": False, "randomized": False},
-                               geo, renderer.material, renderer.background)
+    dense = NeRFVolumeRenderer(
+        {"radius": 2.0, "num_samples_per_ray": 48, "grid_prune": False, "randomized": False},
+        geo,
+        renderer.material,
+        renderer.background,
+    )
     renderer.train()
     renderer.do_update_step(0, 0)  # warm-up update: every cell evaluated
     occupied = renderer.occupancy.binaries.float().mean()

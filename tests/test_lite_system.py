@@ -9,11 +9,11 @@ import os
 import signal
 
 import imageio
+import lite_doubles
 import numpy as np
 import pytest
 import torch
 
-import lite_doubles
 from ddpo3d import lite
 from ddpo3d.lite.experiment import load_config
 from ddpo3d.lite.trainer import run_experiment
@@ -21,7 +21,11 @@ from ddpo3d.utils.config import ConfigError
 
 
 def _cfg(tmp_path, max_steps=3, overrides=(), **system):
-    return load_config(lite_doubles.experiment_yaml(str(tmp_path), max_steps=max_steps, **system), cli_args=list(overrides), from_string=True)
+    return load_config(
+        lite_doubles.experiment_yaml(str(tmp_path), max_steps=max_steps, **system),
+        cli_args=list(overrides),
+        from_string=True,
+    )
 
 
 def _metrics(trial_dir):
@@ -90,8 +94,17 @@ def test_training_moves_the_parameters_and_updates_every_step(trained):
 def test_resolution_milestones_apply_during_training(tmp_path):
     """The data module follows update_step; as in threestudio, Lightning collates a batch two
     steps ahead, so a milestone at step m shows from step m + 2."""
-    cfg = _cfg(tmp_path, max_steps=5, overrides=["data.width=[8,16]", "data.height=[8,12]", "data.batch_size=[2,1]",
-                                                 "data.resolution_milestones=[2]", "trainer.val_check_interval=100"])
+    cfg = _cfg(
+        tmp_path,
+        max_steps=5,
+        overrides=[
+            "data.width=[8,16]",
+            "data.height=[8,12]",
+            "data.batch_size=[2,1]",
+            "data.resolution_milestones=[2]",
+            "trainer.val_check_interval=100",
+        ],
+    )
     system = run_experiment(cfg, "train")["system"]
     assert system.guidance.shapes == [(2, 8, 8, 3)] * 4 + [(1, 12, 16, 3)]
 
@@ -103,8 +116,7 @@ def test_missing_lambda_for_a_returned_loss_is_a_clear_error(tmp_path):
 
 
 def test_orient_without_normals_is_a_clear_error(tmp_path):
-    cfg = _cfg(tmp_path, max_steps=1, renderer={"with_normals": False},
-               loss={"lambda_sds": 1.0, "lambda_orient": 1.0})
+    cfg = _cfg(tmp_path, max_steps=1, renderer={"with_normals": False}, loss={"lambda_sds": 1.0, "lambda_orient": 1.0})
     with pytest.raises(ConfigError, match="normal"):
         run_experiment(cfg, "train")
 
@@ -215,7 +227,9 @@ def test_validate_mode_renders_the_validation_views_at_the_checkpoint_step(train
 def test_export_obj_with_normals(trained, tmp_path):
     cfg, _ = trained
     ckpt = os.path.join(cfg.trial_dir, "ckpts", "last.ckpt")
-    ecfg = _cfg(tmp_path, overrides=[f"resume={ckpt}", "system.exporter.save_normal=true", "system.exporter.save_name=ball"])
+    ecfg = _cfg(
+        tmp_path, overrides=[f"resume={ckpt}", "system.exporter.save_normal=true", "system.exporter.save_name=ball"]
+    )
     run_experiment(ecfg, "export")
     text = open(os.path.join(ecfg.trial_dir, "save", "it3-export", "ball.obj")).read().splitlines()
     verts = [ln for ln in text if ln.startswith("v ")]

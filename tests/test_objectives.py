@@ -173,8 +173,12 @@ def test_combined_config_errors():
 def test_combined_shares_one_model_forward(jacobian):
     prior = CountingPrior(sigma_data=0.2)
     cond, uncond = _means(2)
-    obj = RewardGuidedSDS({"guidance_scale": 20.0, "objective": {
-        "type": "ddpo3d", "unet_jacobian": jacobian, "num_samples": 3, "advantage": "batch"}})
+    obj = RewardGuidedSDS(
+        {
+            "guidance_scale": 20.0,
+            "objective": {"type": "ddpo3d", "unet_jacobian": jacobian, "num_samples": 3, "advantage": "batch"},
+        }
+    )
     img = torch.rand(2, 4, 4, 3, requires_grad=True)
     out = obj(img, prior, cond, uncond, ["a", "b"], red_reward, generator=torch.Generator().manual_seed(0))
     assert prior.calls == [jacobian]  # exactly one evaluation; with a graph to x_t iff unet_jacobian
@@ -189,8 +193,14 @@ def test_combined_matches_separate_sds_and_policy_calls():
     """The shared forward gives the same losses as SDS + DDPO3D evaluated separately."""
     prior = AnalyticGaussianPrior(sigma_data=0.2)
     cond, uncond = _means(2)
-    cfg_obj = {"type": "ddpo3d", "unet_jacobian": True, "num_samples": 2, "advantage": "none",
-               "guidance_scale": 2.0, "x0_from": "action_unet"}
+    cfg_obj = {
+        "type": "ddpo3d",
+        "unet_jacobian": True,
+        "num_samples": 2,
+        "advantage": "none",
+        "guidance_scale": 2.0,
+        "x0_from": "action_unet",
+    }
     obj = RewardGuidedSDS({"guidance_scale": 20.0, "objective": cfg_obj})
     img = torch.rand(2, 4, 4, 3, requires_grad=True)
     out = obj(img, prior, cond, uncond, None, red_reward, generator=torch.Generator().manual_seed(7))
@@ -279,5 +289,9 @@ def test_adam_on_free_image_raises_reward_and_stays_near_the_mode():
     assert torch.equal(zero_img, sds_img)
     # a schedule [start_step, 0, w, start_step] is plain SDS before start_step and differs after
     sched = {"type": "ddpo3d", "weight": [100, 0.0, 30.0, 100], "num_samples": 4}
-    assert torch.equal(_adam_run(sched, 100, prior, cond, uncond), _adam_run({"type": "none"}, 100, prior, cond, uncond))
-    assert not torch.equal(_adam_run(sched, 110, prior, cond, uncond), _adam_run({"type": "none"}, 110, prior, cond, uncond))
+    assert torch.equal(
+        _adam_run(sched, 100, prior, cond, uncond), _adam_run({"type": "none"}, 100, prior, cond, uncond)
+    )
+    assert not torch.equal(
+        _adam_run(sched, 110, prior, cond, uncond), _adam_run({"type": "none"}, 110, prior, cond, uncond)
+    )

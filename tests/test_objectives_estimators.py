@@ -104,8 +104,7 @@ def estimates(prior, cfg, x0_1, cond, uncond, reward, t, n, scale, seed, eps_1=N
     base = dict(advantage="none", adv_clip_max=None, logprob_reduction="sum", eta=1.0, step_size=20)
     base.update(cfg)
     obj = DDPO3D(base)
-    out = obj(x0, prior, cond, uncond, None, reward, torch.full((n,), t), noise,
-              guidance_scale=scale, generator=gen)
+    out = obj(x0, prior, cond, uncond, None, reward, torch.full((n,), t), noise, guidance_scale=scale, generator=gen)
     (g,) = torch.autograd.grad(out.loss_ddpo, x0)
     return (-n * g).flatten(1)
 
@@ -114,8 +113,9 @@ def prior_eps(prior, x, t, cond, uncond, scale):
     return prior.predict_eps(x, torch.full((x.shape[0],), t), cond, uncond, scale)
 
 
-def closed_form(prior, x0_1, eps_1, t, cond, uncond, reward, scale, jacobian, target,
-                eta=1.0, step=20, rollout_steps=10):
+def closed_form(
+    prior, x0_1, eps_1, t, cond, uncond, reward, scale, jacobian, target, eta=1.0, step=20, rollout_steps=10
+):
     """Autograd of R(T(μ(x_t(x0)))) (see the module docstring), written from DDIM eq. 12/16."""
     ac = prior.alphas_cumprod
     tp = t - step
@@ -250,8 +250,19 @@ def test_render_target_has_zero_mean_gradient(prior, jacobian):
     z = zscores(samples, torch.zeros(D))
     assert z.abs().max() < 3, z
     # same setting, x0_pred target: clearly non-zero (the test above has power)
-    samples_x0 = estimates(prior, {"target": "x0_pred", "unet_jacobian": jacobian, "num_samples": 2},
-                           x0_1, cond, uncond, reward, 500, n, 3.0, seed=15, eps_1=eps_1)
+    samples_x0 = estimates(
+        prior,
+        {"target": "x0_pred", "unet_jacobian": jacobian, "num_samples": 2},
+        x0_1,
+        cond,
+        uncond,
+        reward,
+        500,
+        n,
+        3.0,
+        seed=15,
+        eps_1=eps_1,
+    )
     assert zscores(samples_x0, torch.zeros(D)).abs().max() > 3
 
 

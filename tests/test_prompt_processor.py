@@ -4,13 +4,13 @@ import os
 
 import pytest
 import torch
+from helpers import cache_dir, tiny_sd  # noqa: F401  (fixtures)
 
 import ddpo3d.lite as threestudio
 from ddpo3d.lite.models.prompt_processors.base import hash_prompt, shift_azimuth_deg
 from ddpo3d.lite.models.prompt_processors.stable_diffusion_prompt_processor import StableDiffusionPromptProcessor
 from ddpo3d.utils.config import ConfigError
 from ddpo3d.weights import WeightsNotFoundError
-from helpers import cache_dir, tiny_sd  # noqa: F401  (fixtures)
 
 
 def make(tiny_sd, **kw):
@@ -49,11 +49,17 @@ def test_view_dependent_directions_and_prompts(tiny_sd, cache_dir):
 
 def test_prompt_front_style_and_manual_prompts(tiny_sd, cache_dir):
     pp = make(tiny_sd, view_dependent_prompt_front=True, prompt_back="the back of a bun", front_threshold=30.0)
-    assert pp.prompts_vd == ["side view of a hamburger", "front view of a hamburger", "the back of a bun",
-                             "overhead view of a hamburger"]
+    assert pp.prompts_vd == [
+        "side view of a hamburger",
+        "front view of a hamburger",
+        "the back of a bun",
+        "overhead view of a hamburger",
+    ]
     out = pp()
-    names = [out.directions[i].name for i in out.get_direction_idx(
-        torch.zeros(2), torch.tensor([40.0, 20.0]), torch.ones(2)).tolist()]
+    names = [
+        out.directions[i].name
+        for i in out.get_direction_idx(torch.zeros(2), torch.tensor([40.0, 20.0]), torch.ones(2)).tolist()
+    ]
     assert names == ["side", "front"]
 
 

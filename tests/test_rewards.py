@@ -232,7 +232,7 @@ def test_rewards_stay_in_eval_mode():
 
 # --------------------------------------------------------------------------------------- python
 USER_MODULE = textwrap.dedent(
-    '''
+    """
     import numpy as np
     import torch
 
@@ -260,7 +260,7 @@ USER_MODULE = textwrap.dedent(
         return "nope"
 
     NOT_CALLABLE = 3
-    '''
+    """
 )
 
 

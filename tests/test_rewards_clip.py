@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import fake_hf_file
 
 from ddpo3d.rewards import CompositeReward, WeightsNotFoundError, build_reward
 from ddpo3d.rewards.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _find_pretrained_file, clip_preprocess
@@ -17,7 +18,6 @@ from ddpo3d.testing.tiny_clip import (
     write_tiny_clip_checkpoint,
 )
 from ddpo3d.utils.config import ConfigError
-from helpers import fake_hf_file
 
 PROMPTS = ["a red car", "a blue house", "a red car", "a tree"]
 PUBLISHED_HEAD_KEYS = [f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")]
@@ -34,8 +34,14 @@ class _PublishedHeadLayout(nn.Module):
     def __init__(self, d):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(d, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+            nn.Linear(d, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
         )
 
 
@@ -106,9 +112,9 @@ def test_clipscore_form():
     cos = build_reward({"type": "clip-score", **tiny_clip_options()})(images, PROMPTS)
     cs = build_reward({"type": "clip-score", "clipscore": True, **tiny_clip_options()})(images, PROMPTS)
     torch.testing.assert_close(cs, 100.0 * cos.clamp(min=0))
-    w25 = build_reward(
-        {"type": "clip-score", "clipscore": True, "clipscore_scale": 2.5, **tiny_clip_options()}
-    )(images, PROMPTS)
+    w25 = build_reward({"type": "clip-score", "clipscore": True, "clipscore_scale": 2.5, **tiny_clip_options()})(
+        images, PROMPTS
+    )
     torch.testing.assert_close(w25, 2.5 * cos.clamp(min=0))
 
 
@@ -156,8 +162,9 @@ def test_checkpoint_of_wrong_model_is_rejected(tmp_path):
     sd.pop("logit_scale")
     torch.save(sd, path)
     with pytest.raises(ValueError, match="does not fit the configured model"):
-        build_reward({"type": "clip-score", "clip_model": TINY_CLIP_NAME, "clip_pretrained": None,
-                      "clip_checkpoint": path})
+        build_reward(
+            {"type": "clip-score", "clip_model": TINY_CLIP_NAME, "clip_pretrained": None, "clip_checkpoint": path}
+        )
 
 
 def test_missing_checkpoint_file_names_model_and_path(tmp_path):
@@ -210,7 +217,9 @@ def test_missing_aesthetic_head_message(empty_caches):
 def test_pretrained_tag_is_found_in_hf_cache_without_download(empty_caches):
     import open_clip
 
-    expected = fake_hf_file(empty_caches / "hf", "timm/vit_large_patch14_clip_224.openai", "open_clip_pytorch_model.bin")
+    expected = fake_hf_file(
+        empty_caches / "hf", "timm/vit_large_patch14_clip_224.openai", "open_clip_pytorch_model.bin"
+    )
     path, pcfg = _find_pretrained_file(open_clip, "ViT-L-14", "openai", None, False, "test")
     assert path == expected and pcfg["quick_gelu"] is True
     # an extra cache folder given in the config is searched too (open_clip URL layout)

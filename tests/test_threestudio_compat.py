@@ -87,7 +87,7 @@ def __getattr__(name):
 
 _EXTRA = {
     # threestudio.utils.misc.cleanup() calls it after every model load; nothing to free on CPU
-    "tinycudann": '\n\ndef free_temporary_memory():\n    return None\n',
+    "tinycudann": "\n\ndef free_temporary_memory():\n    return None\n",
     # matplotlib asks an imported IPython for its shell and version
     "IPython": "\n\ndef get_ipython():\n    return None\n\n\nversion_info = (8, 24, 0)\n",
 }
@@ -140,9 +140,26 @@ def applyColorMap(img, code):
 '''
 
 PLACEHOLDER_MODULES = [
-    "tinycudann", "nerfacc", "nerfacc.data_specs", "nerfacc.estimators", "nerfacc.estimators.base",
-    "nerfacc.pdf", "nerfacc.volrend", "nvdiffrast", "nvdiffrast.torch", "envlight", "igl", "xatlas",
-    "mcubes", "pysdf", "wandb", "tomesd", "controlnet_aux", "einops", "IPython", "IPython.display",
+    "tinycudann",
+    "nerfacc",
+    "nerfacc.data_specs",
+    "nerfacc.estimators",
+    "nerfacc.estimators.base",
+    "nerfacc.pdf",
+    "nerfacc.volrend",
+    "nvdiffrast",
+    "nvdiffrast.torch",
+    "envlight",
+    "igl",
+    "xatlas",
+    "mcubes",
+    "pysdf",
+    "wandb",
+    "tomesd",
+    "controlnet_aux",
+    "einops",
+    "IPython",
+    "IPython.display",
 ]
 
 
@@ -184,8 +201,12 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
         report["import"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         save()
         return
-    report["import"] = {"ok": True, "version": getattr(threestudio, "__version__", "?"),
-                        "file": threestudio.__file__, "seconds": time.time() - t0}
+    report["import"] = {
+        "ok": True,
+        "version": getattr(threestudio, "__version__", "?"),
+        "file": threestudio.__file__,
+        "seconds": time.time() - t0,
+    }
 
     # threestudio's get_device() is CUDA; point every module that bound it at the CPU
     import threestudio.utils.misc as ts_misc
@@ -259,10 +280,17 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
             cls = threestudio.find(name)
             bases[name] = [f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__[1:]]
         return {
-            "loaded": loaded, "how": how, "added": added, "lazy": lazy, "host": host.HOST,
-            "host_base_is_threestudio": host.BaseObject is ts_base.BaseObject and host.BaseModule is ts_base.BaseModule
-            and host.register is threestudio.register and host.C is ts_misc.C,
-            "host_device": str(host.get_device()), "bases": bases,
+            "loaded": loaded,
+            "how": how,
+            "added": added,
+            "lazy": lazy,
+            "host": host.HOST,
+            "host_base_is_threestudio": host.BaseObject is ts_base.BaseObject
+            and host.BaseModule is ts_base.BaseModule
+            and host.register is threestudio.register
+            and host.C is ts_misc.C,
+            "host_device": str(host.get_device()),
+            "bases": bases,
         }
 
     if not report["load"]["ok"] or not report["load"]["loaded"]:
@@ -297,8 +325,9 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
         import threestudio.models.prompt_processors.base as ts_ppb
 
         pu = prompt_utils()
-        g = guidance(reward={"type": "brightness"},
-                     objective={"type": "ddpo3d", "num_samples": 2, "advantage": "batch"})
+        g = guidance(
+            reward={"type": "brightness"}, objective={"type": "ddpo3d", "num_samples": 2, "advantage": "batch"}
+        )
         g.update_step(0, 0)
         torch.manual_seed(0)
         rgb = torch.rand(2, 32, 32, 3, requires_grad=True)
@@ -311,8 +340,10 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
             "missing_base_keys": sorted(base_keys - set(g.cfg.keys())),
             "device": str(g.device),
             "keys": sorted(out),
-            "loss_sds": float(out["loss_sds"]), "loss_ddpo": float(out["loss_ddpo"]),
-            "grad_sds": grad_of(out["loss_sds"], rgb), "grad_ddpo": grad_of(out["loss_ddpo"], rgb),
+            "loss_sds": float(out["loss_sds"]),
+            "loss_ddpo": float(out["loss_ddpo"]),
+            "grad_sds": grad_of(out["loss_sds"], rgb),
+            "grad_ddpo": grad_of(out["loss_ddpo"], rgb),
             "reward_prompts": g.reward_prompts_for(pu, *cams),
         }
 
@@ -323,8 +354,11 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
         torch.manual_seed(0)
         rgb = torch.rand(2, 32, 32, 3, requires_grad=True)
         out = g(rgb, prompt_utils(), *cams)
-        return {"keys": sorted(out), "loss_reward": float(out["loss_reward"]),
-                "grad_reward": grad_of(out["loss_reward"], rgb)}
+        return {
+            "keys": sorted(out),
+            "loss_reward": float(out["loss_reward"]),
+            "grad_reward": grad_of(out["loss_reward"], rgb),
+        }
 
     @check("sds_equal")
     def _check_sds_equal():
@@ -343,9 +377,8 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
           RNG stream in the same order; the UNet inputs (x_t, t, text embeddings) are captured
           and compared, so any other difference in how t or ε are drawn still fails.
         """
-        import torch.nn.functional as F
-
         import threestudio.models.guidance.stable_diffusion_guidance as ts_sdg
+        import torch.nn.functional as F
 
         pu = prompt_utils()
         ours = guidance(reward={"type": "brightness", "weight": 0.0}, objective={"type": "ddpo3d", "weight": 0.0})
@@ -359,7 +392,8 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
             @staticmethod
             def interpolate(x, size=None, *args, **kwargs):
                 size = {(512, 512): (ours.resolution,) * 2, (64, 64): (latent_res,) * 2}.get(
-                    tuple(size) if size is not None else None, size)
+                    tuple(size) if size is not None else None, size
+                )
                 return F.interpolate(x, size, *args, **kwargs)
 
         real_f = ts_sdg.F
@@ -382,9 +416,15 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
                 g.encode_images = encode_contiguous
                 seen = []
                 hook = g.unet.register_forward_pre_hook(
-                    lambda m, a, k, _s=seen: _s.append((a[0].detach().clone(), torch.as_tensor(a[1]).float().clone(),
-                                                        k["encoder_hidden_states"].detach().clone())),
-                    with_kwargs=True)
+                    lambda m, a, k, _s=seen: _s.append(
+                        (
+                            a[0].detach().clone(),
+                            torch.as_tensor(a[1]).float().clone(),
+                            k["encoder_hidden_states"].detach().clone(),
+                        )
+                    ),
+                    with_kwargs=True,
+                )
                 x = rgb.clone().requires_grad_(True)
                 torch.manual_seed(1234)
                 out = g(x, pu, *cams)
@@ -395,14 +435,18 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
             ts_sdg.F = real_f
         (o_ts, g_ts, s_ts), (o_us, g_us, s_us) = results
         return {
-            "loss_sds_threestudio": float(o_ts["loss_sds"]), "loss_sds_ours": float(o_us["loss_sds"]),
-            "grad_max_abs_diff": float((g_ts - g_us).abs().max()), "grad_max_abs": float(g_ts.abs().max()),
+            "loss_sds_threestudio": float(o_ts["loss_sds"]),
+            "loss_sds_ours": float(o_us["loss_sds"]),
+            "grad_max_abs_diff": float((g_ts - g_us).abs().max()),
+            "grad_max_abs": float(g_ts.abs().max()),
             "unet_calls": [len(s_ts), len(s_us)],
             "x_t_max_abs_diff": float((s_ts[0][0] - s_us[0][0]).abs().max()),
             "t_equal": bool(torch.equal(s_ts[0][1], s_us[0][1])),
             "emb_equal": bool(torch.equal(s_ts[0][2], s_us[0][2])),
-            "grad_norm_threestudio": float(o_ts["grad_norm"]), "grad_norm_ours": float(o_us["grad_norm"]),
-            "ours_keys": sorted(o_us), "vae_latent_layout": raw_layout,
+            "grad_norm_threestudio": float(o_ts["grad_norm"]),
+            "grad_norm_ours": float(o_us["grad_norm"]),
+            "ours_keys": sorted(o_us),
+            "vae_latent_layout": raw_layout,
         }
 
     @check("deep_floyd")
@@ -416,10 +460,10 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
         ``randn_like`` (which follows the channels-last layout of the permuted render) draws
         in contiguous order, so the stock and aligned ``loss_sds`` can be compared exactly.
         """
-        import torch.nn.functional as F
-
         import threestudio.models.guidance.deep_floyd_guidance as ts_dfg
         import threestudio.models.prompt_processors.deepfloyd_prompt_processor as dfpp
+        import torch.nn.functional as F
+
         from ddpo3d.testing.tiny_if import build_tiny_if_pipeline
 
         tiny_if = build_tiny_if_pipeline(os.path.join(work, "tiny-if"))
@@ -436,23 +480,34 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
         dfpp.T5EncoderModel = _T5Float32
         try:
             pu = threestudio.find("deep-floyd-prompt-processor")(
-                {"prompt": "a red apple", "pretrained_model_name_or_path": tiny_if, "spawn": False})()
+                {"prompt": "a red apple", "pretrained_model_name_or_path": tiny_if, "spawn": False}
+            )()
         finally:
             dfpp.T5EncoderModel = real_t5
         base = {"pretrained_model_name_or_path": tiny_if, "half_precision_weights": False, "guidance_scale": 7.5}
         ours = threestudio.find("ddpo3d-deep-floyd-guidance")(
-            {**base, "reward": {"type": "brightness"}, "objective": {"type": "ddpo3d", "num_samples": 2,
-                                                                     "advantage": "batch"}})
+            {
+                **base,
+                "reward": {"type": "brightness"},
+                "objective": {"type": "ddpo3d", "num_samples": 2, "advantage": "batch"},
+            }
+        )
         ours.update_step(0, 0)
         torch.manual_seed(0)
         rgb = torch.rand(2, 32, 32, 3, requires_grad=True)
         out = ours(rgb, pu, *cams)
-        data = {"is_subclass": issubclass(type(ours), ts_dfg.DeepFloydGuidance), "keys": sorted(out),
-                "loss_sds": float(out["loss_sds"]), "loss_ddpo": float(out["loss_ddpo"]),
-                "grad_sds": grad_of(out["loss_sds"], rgb), "grad_ddpo": grad_of(out["loss_ddpo"], rgb)}
+        data = {
+            "is_subclass": issubclass(type(ours), ts_dfg.DeepFloydGuidance),
+            "keys": sorted(out),
+            "loss_sds": float(out["loss_sds"]),
+            "loss_ddpo": float(out["loss_ddpo"]),
+            "grad_sds": grad_of(out["loss_sds"], rgb),
+            "grad_ddpo": grad_of(out["loss_ddpo"], rgb),
+        }
 
         zero = threestudio.find("ddpo3d-deep-floyd-guidance")(
-            {**base, "reward": {"type": "brightness", "weight": 0.0}, "objective": {"type": "ddpo3d", "weight": 0.0}})
+            {**base, "reward": {"type": "brightness", "weight": 0.0}, "objective": {"type": "ddpo3d", "weight": 0.0}}
+        )
         plain = threestudio.find("deep-floyd-guidance")(base)
         res = int(ours.resolution)
 
@@ -487,43 +542,80 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
                 grads.append(gx)
         finally:
             ts_dfg.F, ts_dfg.torch = real
-        data.update({"loss_sds_threestudio": losses[0], "loss_sds_ours": losses[1],
-                     "grad_max_abs_diff": float((grads[0] - grads[1]).abs().max()),
-                     "grad_max_abs": float(grads[0].abs().max())})
+        data.update(
+            {
+                "loss_sds_threestudio": losses[0],
+                "loss_sds_ours": losses[1],
+                "grad_max_abs_diff": float((grads[0] - grads[1]).abs().max()),
+                "grad_max_abs": float(grads[0].abs().max()),
+            }
+        )
         return data
 
     @check("system_fit")
     def _check_system():
         import pytorch_lightning as pl
+        import threestudio.systems.dreamfusion as ts_df
         from omegaconf import OmegaConf
 
-        import threestudio.systems.dreamfusion as ts_df
-
-        cfg = OmegaConf.create({
-            "geometry_type": "ddpo3d-gaussian-splat", "geometry": {"num_points": 200, "init_radius": 0.5},
-            "material_type": "no-material", "material": {},
-            "background_type": "solid-color-background", "background": {},
-            "renderer_type": "ddpo3d-gaussian-splat-renderer", "renderer": {"backend": "torch"},
-            "prompt_processor_type": "stable-diffusion-prompt-processor",
-            "prompt_processor": {"prompt": "a red apple", "pretrained_model_name_or_path": tiny, "spawn": False},
-            "guidance_type": "ddpo3d-stable-diffusion-guidance",
-            "guidance": {"pretrained_model_name_or_path": tiny, "half_precision_weights": False, "guidance_scale": 7.5,
-                         "reward": {"type": "brightness"},
-                         "objective": {"type": "ddpo3d", "num_samples": 2, "advantage": "batch"}},
-            "loss": {"lambda_sds": 1.0, "lambda_ddpo": 1.0, "lambda_orient": 0.0, "lambda_sparsity": 0.0,
-                     "lambda_opaque": 0.0},
-            "optimizer": {"name": "Adam", "args": {"lr": 0.01}},
-        })
+        cfg = OmegaConf.create(
+            {
+                "geometry_type": "ddpo3d-gaussian-splat",
+                "geometry": {"num_points": 200, "init_radius": 0.5},
+                "material_type": "no-material",
+                "material": {},
+                "background_type": "solid-color-background",
+                "background": {},
+                "renderer_type": "ddpo3d-gaussian-splat-renderer",
+                "renderer": {"backend": "torch"},
+                "prompt_processor_type": "stable-diffusion-prompt-processor",
+                "prompt_processor": {"prompt": "a red apple", "pretrained_model_name_or_path": tiny, "spawn": False},
+                "guidance_type": "ddpo3d-stable-diffusion-guidance",
+                "guidance": {
+                    "pretrained_model_name_or_path": tiny,
+                    "half_precision_weights": False,
+                    "guidance_scale": 7.5,
+                    "reward": {"type": "brightness"},
+                    "objective": {"type": "ddpo3d", "num_samples": 2, "advantage": "batch"},
+                },
+                "loss": {
+                    "lambda_sds": 1.0,
+                    "lambda_ddpo": 1.0,
+                    "lambda_orient": 0.0,
+                    "lambda_sparsity": 0.0,
+                    "lambda_opaque": 0.0,
+                },
+                "optimizer": {"name": "Adam", "args": {"lr": 0.01}},
+            }
+        )
         system = threestudio.find("ddpo3d-system")(cfg, resumed=False)
         save_dir = os.path.join(work, "trial", "save")
         system.set_save_dir(save_dir)
         means0 = system.geometry.means.detach().clone()
         dm = threestudio.find("random-camera-datamodule")(
-            {"width": 32, "height": 32, "batch_size": 2, "eval_width": 32, "eval_height": 32,
-             "n_val_views": 1, "n_test_views": 2})
-        trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                             num_sanity_val_steps=0, val_check_interval=2, limit_val_batches=1,
-                             enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+            {
+                "width": 32,
+                "height": 32,
+                "batch_size": 2,
+                "eval_width": 32,
+                "eval_height": 32,
+                "n_val_views": 1,
+                "n_test_views": 2,
+            }
+        )
+        trainer = pl.Trainer(
+            max_steps=2,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+            val_check_interval=2,
+            limit_val_batches=1,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+        )
         trainer.fit(system, datamodule=dm)
         fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         trainer.test(system, datamodule=dm)
@@ -531,7 +623,8 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
         state["system_cfg"] = cfg
         return {
             "is_subclass": isinstance(system, ts_df.DreamFusion),
-            "global_step": int(trainer.global_step), "fit_metrics": fit_metrics,
+            "global_step": int(trainer.global_step),
+            "fit_metrics": fit_metrics,
             "test_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
             "means_moved": float((system.geometry.means.detach() - means0).abs().max()),
             "files": files,
@@ -547,12 +640,23 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
         system = threestudio.find("magic3d-system")(cfg, resumed=False)
         system.set_save_dir(os.path.join(work, "trial-magic3d", "save"))
         dm = threestudio.find("random-camera-datamodule")({"width": 32, "height": 32, "batch_size": 2})
-        trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                             num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=False,
-                             enable_model_summary=False, log_every_n_steps=1)
+        trainer = pl.Trainer(
+            max_steps=1,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+        )
         trainer.fit(system, datamodule=dm)
-        return {"global_step": int(trainer.global_step),
-                "fit_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
+        return {
+            "global_step": int(trainer.global_step),
+            "fit_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        }
 
     report["total_seconds"] = time.time() - t0
     save()
@@ -567,9 +671,13 @@ def _threestudio_source():
             return None, None, f"DDPO3D_THREESTUDIO_SRC={src} has no threestudio/__init__.py"
         return [os.path.abspath(src)], os.path.abspath(src), None
     if importlib.util.find_spec("threestudio") is None:
-        return None, None, (
-            "threestudio is not importable; set DDPO3D_THREESTUDIO_SRC=<threestudio checkout> and "
-            "DDPO3D_THREESTUDIO_STUBS=1 to check against its source on CPU"
+        return (
+            None,
+            None,
+            (
+                "threestudio is not importable; set DDPO3D_THREESTUDIO_SRC=<threestudio checkout> and "
+                "DDPO3D_THREESTUDIO_STUBS=1 to check against its source on CPU"
+            ),
         )
     spec = importlib.util.find_spec("threestudio")
     root = Path(spec.origin).resolve().parents[1]
@@ -597,8 +705,10 @@ def report(tmp_path_factory):
         pytest.fail(f"the threestudio check process wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     data = json.loads(out.read_text())
     if not data["import"]["ok"]:
-        pytest.skip(f"threestudio is installed but does not import here ({data['import']['error']}); "
-                    "set DDPO3D_THREESTUDIO_SRC and DDPO3D_THREESTUDIO_STUBS=1 to use CPU placeholders")
+        pytest.skip(
+            f"threestudio is installed but does not import here ({data['import']['error']}); "
+            "set DDPO3D_THREESTUDIO_SRC and DDPO3D_THREESTUDIO_STUBS=1 to use CPU placeholders"
+        )
     return data
 
 
@@ -614,14 +724,22 @@ def test_extension_registers_on_threestudio(report):
     assert e["loaded"], "threestudio's load_custom_module reported IMPORT FAILED"
     assert e["host"] == "threestudio" and e["host_base_is_threestudio"]
     assert e["host_device"] == "cpu"
-    expected = {"ddpo3d-stable-diffusion-guidance", "ddpo3d-system", "ddpo3d-gaussian-splat",
-                "ddpo3d-gaussian-splat-renderer", "ddpo3d-toy-guidance", "ddpo3d-toy-prompt-processor"}
+    expected = {
+        "ddpo3d-stable-diffusion-guidance",
+        "ddpo3d-system",
+        "ddpo3d-gaussian-splat",
+        "ddpo3d-gaussian-splat-renderer",
+        "ddpo3d-toy-guidance",
+        "ddpo3d-toy-prompt-processor",
+    }
     assert expected <= set(e["added"]), e["added"]
     assert all(n.startswith("ddpo3d-") for n in e["added"]), e["added"]
     for attr, qual in e["lazy"].items():
         assert qual.startswith("threestudio."), (attr, qual)
-    assert "threestudio.models.guidance.stable_diffusion_guidance.StableDiffusionGuidance" in \
-        e["bases"]["ddpo3d-stable-diffusion-guidance"]
+    assert (
+        "threestudio.models.guidance.stable_diffusion_guidance.StableDiffusionGuidance"
+        in e["bases"]["ddpo3d-stable-diffusion-guidance"]
+    )
     assert "threestudio.systems.dreamfusion.DreamFusion" in e["bases"]["ddpo3d-system"]
     for name in ("ddpo3d-gaussian-splat", "ddpo3d-gaussian-splat-renderer"):
         assert "threestudio.utils.base.BaseModule" in e["bases"][name], (name, e["bases"][name])

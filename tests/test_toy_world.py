@@ -50,7 +50,9 @@ def runs(tmp_path_factory):
         "ddpo": _run("ddpo-jpeg.yaml", tmp, "ddpo"),
         "sds-bright": _run("sds.yaml", tmp, "sds-bright", "system.guidance.reward.type=brightness"),
         "ddpo-bright": _run("ddpo-brightness.yaml", tmp, "ddpo-bright"),
-        "control-bright": _run("ddpo-brightness.yaml", tmp, "control-bright", "system.guidance.objective.target=render"),
+        "control-bright": _run(
+            "ddpo-brightness.yaml", tmp, "control-bright", "system.guidance.objective.target=render"
+        ),
     }
 
 

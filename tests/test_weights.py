@@ -4,10 +4,10 @@ import os
 import pickle
 
 import pytest
+from helpers import fake_hf_file
 
 from ddpo3d import weights
 from ddpo3d.weights import WeightsNotFoundError, find_hf_file, resolve_weights_file, split_hf_spec
-from helpers import fake_hf_file
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ class AnalyticGaussianPrior(NoisePredictor):
     def __init__(
         self,
         sigma_data: float = 0.1,
-        alphas_cumprod: Optional[Float[Tensor, "T"]] = None,
+        alphas_cumprod: Optional[Float[Tensor, " T"]] = None,
         num_train_timesteps: int = 1000,
         beta_start: float = 0.00085,
         beta_end: float = 0.012,
@@ -87,12 +87,11 @@ class AnalyticGaussianPrior(NoisePredictor):
             )
         if means.shape[2:] != x_t.shape[1:] or means.shape[0] not in (1, x_t.shape[0]):
             raise ValueError(
-                f"component means {tuple(means.shape)} do not match x_t {tuple(x_t.shape)} "
-                "(need [B or 1, K, C, h, w])"
+                f"component means {tuple(means.shape)} do not match x_t {tuple(x_t.shape)} (need [B or 1, K, C, h, w])"
             )
         return means.to(dtype=x_t.dtype, device=x_t.device)
 
-    def _moments(self, x_t: Tensor, t: Int[Tensor, "B"]) -> Tuple[Tensor, Tensor, Tensor]:
+    def _moments(self, x_t: Tensor, t: Int[Tensor, " B"]) -> Tuple[Tensor, Tensor, Tensor]:
         ab = gather_alphas(self.alphas_cumprod, t, self.final_alpha_cumprod, ndim=x_t.dim()).to(x_t.dtype)
         if ab.dim() == 0:
             ab = ab.expand(x_t.shape[0]).view(-1, *([1] * (x_t.dim() - 1)))
@@ -101,7 +100,7 @@ class AnalyticGaussianPrior(NoisePredictor):
         return ab, a, var
 
     def responsibilities(
-        self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, "B"], means: Float[Tensor, "B K C h w"]
+        self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, " B"], means: Float[Tensor, "B K C h w"]
     ) -> Float[Tensor, "B K"]:
         """Posterior component weights r_k(x_t) ∝ exp(-||x_t - a μ_k||² / 2v)."""
         means = self._means(means, x_t)
@@ -111,7 +110,7 @@ class AnalyticGaussianPrior(NoisePredictor):
         return torch.softmax(logits, dim=1)
 
     def score(
-        self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, "B"], means: Float[Tensor, "B K C h w"]
+        self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, " B"], means: Float[Tensor, "B K C h w"]
     ) -> Float[Tensor, "B C h w"]:
         """∇_x log p_t(x_t) = Σ_k r_k (a μ_k - x_t) / v (exact)."""
         means = self._means(means, x_t)
@@ -121,8 +120,8 @@ class AnalyticGaussianPrior(NoisePredictor):
         return (a * mean_mix - x_t) / var
 
     def log_density(
-        self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, "B"], means: Float[Tensor, "B K C h w"]
-    ) -> Float[Tensor, "B"]:
+        self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, " B"], means: Float[Tensor, "B K C h w"]
+    ) -> Float[Tensor, " B"]:
         """log p_t(x_t) of the noised mixture (exact, normalised)."""
         means = self._means(means, x_t)
         _, a, var = self._moments(x_t, t)
@@ -137,7 +136,7 @@ class AnalyticGaussianPrior(NoisePredictor):
         )
 
     def eps_exact(
-        self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, "B"], means: Float[Tensor, "B K C h w"]
+        self, x_t: Float[Tensor, "B C h w"], t: Int[Tensor, " B"], means: Float[Tensor, "B K C h w"]
     ) -> Float[Tensor, "B C h w"]:
         """E[ε | x_t] = -sqrt(1-ᾱ_t) ∇ log p_t(x_t) (Tweedie)."""
         ab, _, _ = self._moments(x_t, t)
@@ -146,7 +145,7 @@ class AnalyticGaussianPrior(NoisePredictor):
     def predict_eps_pair(
         self,
         x_t: Float[Tensor, "B C h w"],
-        t: Int[Tensor, "B"],
+        t: Int[Tensor, " B"],
         cond: Float[Tensor, "B K C h w"],
         uncond: Optional[Float[Tensor, "B K2 C h w"]] = None,
     ) -> Tuple[Float[Tensor, "B C h w"], Optional[Float[Tensor, "B C h w"]]]:

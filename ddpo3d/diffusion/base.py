@@ -60,15 +60,13 @@ class NoisePredictor(nn.Module):
 
     alphas_cumprod: Tensor
 
-    def __init__(self, alphas_cumprod: Float[Tensor, "T"], final_alpha_cumprod: Optional[float] = None):
+    def __init__(self, alphas_cumprod: Float[Tensor, " T"], final_alpha_cumprod: Optional[float] = None):
         super().__init__()
         alphas_cumprod = torch.as_tensor(alphas_cumprod).detach().float()
         if alphas_cumprod.dim() != 1 or alphas_cumprod.numel() < 2:
             raise ValueError(f"alphas_cumprod must be a 1-D tensor [T], got shape {tuple(alphas_cumprod.shape)}")
         self.register_buffer("alphas_cumprod", alphas_cumprod.clone(), persistent=False)
-        self.final_alpha_cumprod = float(
-            alphas_cumprod[0] if final_alpha_cumprod is None else final_alpha_cumprod
-        )
+        self.final_alpha_cumprod = float(alphas_cumprod[0] if final_alpha_cumprod is None else final_alpha_cumprod)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -80,7 +78,7 @@ class NoisePredictor(nn.Module):
         return self.alphas_cumprod.device
 
     def add_noise(
-        self, x0: Float[Tensor, "B C h w"], noise: Float[Tensor, "B C h w"], t: Int[Tensor, "B"]
+        self, x0: Float[Tensor, "B C h w"], noise: Float[Tensor, "B C h w"], t: Int[Tensor, " B"]
     ) -> Float[Tensor, "B C h w"]:
         """x_t = sqrt(ᾱ_t) x_0 + sqrt(1-ᾱ_t) ε (differentiable)."""
         return add_noise(self.alphas_cumprod, x0, noise, t)
@@ -96,7 +94,7 @@ class NoisePredictor(nn.Module):
     def predict_eps_pair(
         self,
         x_t: Float[Tensor, "B C h w"],
-        t: Int[Tensor, "B"],
+        t: Int[Tensor, " B"],
         cond: Any,
         uncond: Any = None,
     ) -> Tuple[Float[Tensor, "B C h w"], Optional[Float[Tensor, "B C h w"]]]:
@@ -110,7 +108,7 @@ class NoisePredictor(nn.Module):
     def predict_eps(
         self,
         x_t: Float[Tensor, "B C h w"],
-        t: Int[Tensor, "B"],
+        t: Int[Tensor, " B"],
         cond: Any,
         uncond: Any = None,
         guidance_scale: float = 0.0,

@@ -50,17 +50,13 @@ class DDIMStepWithLogProbOutput:
     pred_epsilon: Tensor
 
 
-def ddim_sigma(
-    alpha_prod_t: Tensor, alpha_prod_t_prev: Tensor, eta: float
-) -> Tensor:
+def ddim_sigma(alpha_prod_t: Tensor, alpha_prod_t_prev: Tensor, eta: float) -> Tensor:
     """σ_t(η) = η sqrt((1-ᾱ_{t-1})/(1-ᾱ_t)) sqrt(1-ᾱ_t/ᾱ_{t-1})  (DDIM eq. 16)."""
     variance = (1.0 - alpha_prod_t_prev) / (1.0 - alpha_prod_t) * (1.0 - alpha_prod_t / alpha_prod_t_prev)
     return eta * variance.clamp(min=0.0).sqrt()
 
 
-def gaussian_log_prob(
-    x: Tensor, mean: Tensor, std: Tensor, reduction: str = "mean"
-) -> Float[Tensor, "B"]:
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduction: str = "mean") -> Float[Tensor, " B"]:
     """Isotropic Gaussian log-density of ``x`` (per item), reduced over non-batch dims.
 
     Args:
@@ -69,11 +65,7 @@ def gaussian_log_prob(
         std: std, broadcastable.
         reduction: ``"mean"`` (DDPO) or ``"sum"`` (the true log-density).
     """
-    logp = (
-        -((x.detach() - mean) ** 2) / (2.0 * std**2)
-        - torch.log(std)
-        - 0.5 * math.log(2.0 * math.pi)
-    )
+    logp = -((x.detach() - mean) ** 2) / (2.0 * std**2) - torch.log(std) - 0.5 * math.log(2.0 * math.pi)
     logp = logp.expand_as(mean).flatten(1)
     if reduction == "mean":
         return logp.mean(1)
@@ -85,10 +77,10 @@ def gaussian_log_prob(
 def ddim_step_with_logprob(
     scheduler_or_alphas: Any,
     model_output: Float[Tensor, "B C h w"],
-    timestep: Union[int, Int[Tensor, "B"]],
+    timestep: Union[int, Int[Tensor, " B"]],
     sample: Float[Tensor, "B C h w"],
     eta: float,
-    prev_timestep: Optional[Union[int, Int[Tensor, "B"]]] = None,
+    prev_timestep: Optional[Union[int, Int[Tensor, " B"]]] = None,
     prev_sample: Optional[Float[Tensor, "B C h w"]] = None,
     generator: Optional[torch.Generator] = None,
     logprob_reduction: str = "mean",
@@ -192,9 +184,7 @@ def ddim_step_with_logprob(
         pred_x0 = model_output
         pred_eps = (sample - ab_t.sqrt() * pred_x0) / beta_t.sqrt()
     else:
-        raise ValueError(
-            f"prediction_type {ptype!r} must be 'epsilon', 'v_prediction' or 'sample'"
-        )
+        raise ValueError(f"prediction_type {ptype!r} must be 'epsilon', 'v_prediction' or 'sample'")
     if clip_sample:
         pred_x0 = pred_x0.clamp(-clip_range, clip_range)
 

@@ -20,7 +20,7 @@ def make_alphas_cumprod(
     beta_start: float = 0.00085,
     beta_end: float = 0.012,
     beta_schedule: str = "scaled_linear",
-) -> Float[Tensor, "T"]:
+) -> Float[Tensor, " T"]:
     """ᾱ_t of a beta schedule, as diffusers builds it.
 
     Args:
@@ -40,15 +40,13 @@ def make_alphas_cumprod(
     elif beta_schedule == "linear":
         betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
     else:
-        raise ValueError(
-            f"Unknown beta_schedule {beta_schedule!r}: use 'scaled_linear' or 'linear'"
-        )
+        raise ValueError(f"Unknown beta_schedule {beta_schedule!r}: use 'scaled_linear' or 'linear'")
     return torch.cumprod(1.0 - betas, dim=0).float()
 
 
 def gather_alphas(
-    alphas_cumprod: Float[Tensor, "T"],
-    t: Union[int, Int[Tensor, "B"]],
+    alphas_cumprod: Float[Tensor, " T"],
+    t: Union[int, Int[Tensor, " B"]],
     final_alpha_cumprod: float = 1.0,
     ndim: int = 4,
 ) -> Float[Tensor, "..."]:
@@ -70,9 +68,7 @@ def gather_alphas(
         t = torch.tensor(int(t), device=alphas_cumprod.device)
     t = t.to(alphas_cumprod.device).long()
     if (t >= alphas_cumprod.shape[0]).any():
-        raise ValueError(
-            f"timestep {int(t.max())} out of range for a schedule of {alphas_cumprod.shape[0]} steps"
-        )
+        raise ValueError(f"timestep {int(t.max())} out of range for a schedule of {alphas_cumprod.shape[0]} steps")
     ab = alphas_cumprod[t.clamp(min=0)]
     ab = torch.where(t < 0, torch.full_like(ab, final_alpha_cumprod), ab)
     if ab.dim() == 0:
@@ -81,10 +77,10 @@ def gather_alphas(
 
 
 def add_noise(
-    alphas_cumprod: Float[Tensor, "T"],
+    alphas_cumprod: Float[Tensor, " T"],
     x0: Float[Tensor, "B C h w"],
     noise: Float[Tensor, "B C h w"],
-    t: Int[Tensor, "B"],
+    t: Int[Tensor, " B"],
 ) -> Float[Tensor, "B C h w"]:
     """The VP forward process x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε (DDPM eq. 4).
 

@@ -55,7 +55,7 @@ class UNetNoisePredictor(NoisePredictor):
         self,
         unet: Any,
         vae: Any = None,
-        alphas_cumprod: Optional[Float[Tensor, "T"]] = None,
+        alphas_cumprod: Optional[Float[Tensor, " T"]] = None,
         prediction_type: str = "epsilon",
         weights_dtype: torch.dtype = torch.float32,
         resolution: Optional[int] = None,
@@ -67,9 +67,7 @@ class UNetNoisePredictor(NoisePredictor):
             raise ValueError("UNetNoisePredictor needs alphas_cumprod (e.g. scheduler.alphas_cumprod)")
         super().__init__(alphas_cumprod, final_alpha_cumprod)
         if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(
-                f"prediction_type {prediction_type!r} is not supported: use 'epsilon' or 'v_prediction'"
-            )
+            raise ValueError(f"prediction_type {prediction_type!r} is not supported: use 'epsilon' or 'v_prediction'")
         self._held = _Held(unet, vae)
         self.prediction_type = prediction_type
         self.weights_dtype = weights_dtype
@@ -148,7 +146,7 @@ class UNetNoisePredictor(NoisePredictor):
     def predict_eps_pair(
         self,
         x_t: Float[Tensor, "B C h w"],
-        t: Int[Tensor, "B"],
+        t: Int[Tensor, " B"],
         cond: Float[Tensor, "B L D"],
         uncond: Optional[Float[Tensor, "B L D"]] = None,
     ) -> Tuple[Float[Tensor, "B C h w"], Optional[Float[Tensor, "B C h w"]]]:

@@ -17,8 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ddpo3d.eval", description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="trial directories (outputs/<name>/<trial>) or folders of PNG views")
     p.add_argument("--metrics", default="clip,aesthetic", help="comma-separated: " + ", ".join(METRIC_BLOCKS))
-    p.add_argument("--reward-config", action="append", default=[], metavar="NAME=YAML",
-                   help="a metric from a reward block file (repeatable); overrides a short name")
+    p.add_argument(
+        "--reward-config",
+        action="append",
+        default=[],
+        metavar="NAME=YAML",
+        help="a metric from a reward block file (repeatable); overrides a short name",
+    )
     p.add_argument("--prompt", default=None, help="prompt to score against (default: each run's config)")
     p.add_argument("--csv", default=None, help="also write the table as CSV here")
     p.add_argument("--device", default="cpu")
@@ -35,8 +40,11 @@ def main(argv=None) -> int:
     blocks = {}
     for name in [m.strip() for m in args.metrics.split(",") if m.strip()]:
         if name not in METRIC_BLOCKS:
-            print(f"error: unknown metric {name!r}; known: {', '.join(METRIC_BLOCKS)} "
-                  f"(or give --reward-config {name}=block.yaml)", file=sys.stderr)
+            print(
+                f"error: unknown metric {name!r}; known: {', '.join(METRIC_BLOCKS)} "
+                f"(or give --reward-config {name}=block.yaml)",
+                file=sys.stderr,
+            )
             return 2
         blocks[name] = dict(METRIC_BLOCKS[name])
     for item in args.reward_config:

@@ -85,7 +85,9 @@ def load_views(paths: Sequence[Path], size: Optional[int] = None) -> Float[Tenso
     out = []
     for im in images:
         if size is not None and im.shape[0] != size:
-            im = torch.nn.functional.interpolate(im.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+            im = torch.nn.functional.interpolate(
+                im.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False
+            )[0].permute(1, 2, 0)
         out.append(im)
     return torch.stack(out)
 

@@ -3,6 +3,8 @@ densification helpers. Stateless functions, no threestudio / runtime imports; th
 registered geometry and renderer live in ``custom/threestudio-ddpo3d``.
 """
 
+from ddpo3d.gaussians.densify import knn_mean_sq_dist, optimizer_replace_param, split_gaussians  # noqa: F401
+from ddpo3d.gaussians.ply import load_gaussians_ply, read_ply_vertices, save_gaussians_ply  # noqa: F401
 from ddpo3d.gaussians.projection import (  # noqa: F401
     camera_positions_from_viewmats,
     covariance_3d,
@@ -22,6 +24,4 @@ from ddpo3d.gaussians.rasterize import (  # noqa: F401
     rasterize_torch,
     resolve_backend,
 )
-from ddpo3d.gaussians.densify import knn_mean_sq_dist, optimizer_replace_param, split_gaussians  # noqa: F401
-from ddpo3d.gaussians.ply import load_gaussians_ply, read_ply_vertices, save_gaussians_ply  # noqa: F401
 from ddpo3d.gaussians.sh import SH_C0, eval_sh, num_sh_bases, rgb_to_sh0, sh0_to_rgb, sh_to_rgb  # noqa: F401

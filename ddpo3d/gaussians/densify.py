@@ -90,7 +90,7 @@ def split_gaussians(
     return new_means, new_log_scales
 
 
-def knn_mean_sq_dist(points: Float[Tensor, "N 3"], k: int = 3, block: int = 1024) -> Float[Tensor, "N"]:
+def knn_mean_sq_dist(points: Float[Tensor, "N 3"], k: int = 3, block: int = 1024) -> Float[Tensor, " N"]:
     """Mean squared distance to the ``k`` nearest other points (3DGS's ``distCUDA2``
     initial scale), computed in row blocks to bound memory."""
     N = points.shape[0]

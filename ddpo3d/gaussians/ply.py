@@ -23,10 +23,22 @@ from ddpo3d.gaussians.sh import sh_degree_from_bases
 from ddpo3d.utils.typing import Dict, Float, Tensor
 
 _NUMPY_TYPES = {
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
-    "uchar": "u1", "uint8": "u1", "char": "i1", "int8": "i1",
-    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
-    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
+    "uchar": "u1",
+    "uint8": "u1",
+    "char": "i1",
+    "int8": "i1",
+    "short": "i2",
+    "int16": "i2",
+    "ushort": "u2",
+    "uint16": "u2",
+    "int": "i4",
+    "int32": "i4",
+    "uint": "u4",
+    "uint32": "u4",
 }
 
 
@@ -44,7 +56,7 @@ def save_gaussians_ply(
     means: Float[Tensor, "N 3"],
     sh0: Float[Tensor, "N 1 3"],
     shN: Float[Tensor, "N R 3"],
-    opacity_logits: Float[Tensor, "N"],
+    opacity_logits: Float[Tensor, " N"],
     log_scales: Float[Tensor, "N 3"],
     quats: Float[Tensor, "N 4"],
 ) -> str:
@@ -62,6 +74,7 @@ def save_gaussians_ply(
     Returns:
         ``path``.
     """
+
     def np32(t: Tensor) -> np.ndarray:
         return t.detach().to("cpu", torch.float32).numpy()
 

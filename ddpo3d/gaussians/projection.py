@@ -32,9 +32,15 @@ def quat_to_rotmat(quats: Float[Tensor, "N 4"]) -> Float[Tensor, "N 3 3"]:
     w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
     R = torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=-1,
     )
@@ -157,7 +163,7 @@ def opengl_c2w_to_viewmats(c2w: Float[Tensor, "C 4 4"]) -> Float[Tensor, "C 4 4"
     return view
 
 
-def intrinsics_from_fovy(fovy: Float[Tensor, "C"], width: int, height: int) -> Float[Tensor, "C 3 3"]:
+def intrinsics_from_fovy(fovy: Float[Tensor, " C"], width: int, height: int) -> Float[Tensor, "C 3 3"]:
     """Pinhole intrinsics matching threestudio's ray directions.
 
     threestudio's random-camera data uses ``focal = 0.5 H / tan(fovy / 2)`` for both axes
@@ -173,13 +179,13 @@ def intrinsics_from_fovy(fovy: Float[Tensor, "C"], width: int, height: int) -> F
     return K
 
 
-def fovy_from_projection(proj: Float[Tensor, "C 4 4"]) -> Float[Tensor, "C"]:
+def fovy_from_projection(proj: Float[Tensor, "C 4 4"]) -> Float[Tensor, " C"]:
     """Vertical field of view of an OpenGL projection matrix (threestudio's
     ``get_projection_matrix`` puts ``-1 / tan(fovy/2)`` at ``[1, 1]``)."""
     return 2.0 * torch.atan(1.0 / proj[:, 1, 1].abs())
 
 
-def fovy_from_mvp(mvp: Float[Tensor, "C 4 4"], c2w: Float[Tensor, "C 4 4"]) -> Float[Tensor, "C"]:
+def fovy_from_mvp(mvp: Float[Tensor, "C 4 4"], c2w: Float[Tensor, "C 4 4"]) -> Float[Tensor, " C"]:
     """Field of view from ``mvp = P @ w2c``: ``P = mvp @ c2w``."""
     return fovy_from_projection(mvp @ c2w)
 

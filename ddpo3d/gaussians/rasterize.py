@@ -69,9 +69,7 @@ def _check_inputs(means, quats, scales, opacities, viewmats, Ks, width, height, 
         raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
 
 
-def _view_colors(
-    means: Tensor, colors: Tensor, viewmats: Tensor, sh_degree: Optional[int]
-) -> Float[Tensor, "C N D"]:
+def _view_colors(means: Tensor, colors: Tensor, viewmats: Tensor, sh_degree: Optional[int]) -> Float[Tensor, "C N D"]:
     """Per-camera colours: given directly (``[N, D]`` / ``[C, N, D]``) or from SH
     coefficients (``[N, K, 3]`` / ``[C, N, K, 3]``) seen from each camera centre."""
     C, N = viewmats.shape[0], means.shape[0]
@@ -98,13 +96,33 @@ def _view_colors(
 
 
 def _prepare(
-    means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-    near_plane, far_plane, eps2d, sh_degree, render_mode,
+    means,
+    quats,
+    scales,
+    opacities,
+    colors,
+    viewmats,
+    Ks,
+    width,
+    height,
+    near_plane,
+    far_plane,
+    eps2d,
+    sh_degree,
+    render_mode,
 ):
     _check_inputs(means, quats, scales, opacities, viewmats, Ks, width, height, render_mode)
     means2d, conics, depths, radii, cov2d = project_gaussians(
-        means, quats, scales, viewmats, Ks, width, height, eps2d=eps2d,
-        near_plane=near_plane, far_plane=far_plane,
+        means,
+        quats,
+        scales,
+        viewmats,
+        Ks,
+        width,
+        height,
+        eps2d=eps2d,
+        near_plane=near_plane,
+        far_plane=far_plane,
     )
     C, N = depths.shape
     feats = []
@@ -251,8 +269,14 @@ def _composite_chunk(pix_feats, ox, oy, ids, means2d, conics, opac, feats, T_car
     my = m[..., 1] - oy[:, None]
     # 0.5 a (x-mx)^2 + 0.5 c (y-my)^2 + b (x-mx)(y-my), expanded in x, y
     coef = torch.stack(
-        [0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my, -(a * mx + b * my), -(c * my + b * mx),
-         0.5 * a, 0.5 * c, b],
+        [
+            0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my,
+            -(a * mx + b * my),
+            -(c * my + b * mx),
+            0.5 * a,
+            0.5 * c,
+            b,
+        ],
         dim=1,
     )  # [R, 6, B]
     sigma = torch.matmul(pix_feats, coef)  # [R, P, B]
@@ -335,8 +359,20 @@ def rasterize_torch(
     if tile_size < 1:
         raise ValueError(f"tile_size must be >= 1, got {tile_size}")
     means2d, conics, depths, radii, opac, feats, meta = _prepare(
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-        near_plane, far_plane, eps2d, sh_degree, render_mode,
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        near_plane,
+        far_plane,
+        eps2d,
+        sh_degree,
+        render_mode,
     )
     C, N = depths.shape
     D = feats.shape[-1]
@@ -374,7 +410,16 @@ def rasterize_torch(
         active = sum(1 for c in counts_list if c > k0)
         ids = table[:active, k0 : k0 + chunk]
         col, acc, T_new, done_new = _composite_chunk(
-            pix_feats, ox[:active], oy[:active], ids, flat_m, flat_c, flat_o, flat_f, T_rows[:active], done[:active],
+            pix_feats,
+            ox[:active],
+            oy[:active],
+            ids,
+            flat_m,
+            flat_c,
+            flat_o,
+            flat_f,
+            T_rows[:active],
+            done[:active],
             alpha_max,
         )
         done = torch.cat([done_new, done[active:]], dim=0)
@@ -437,8 +482,20 @@ def rasterize_reference(
     the benchmark.
     """
     means2d, conics, depths, radii, opac, feats, meta = _prepare(
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-        near_plane, far_plane, eps2d, sh_degree, render_mode,
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        near_plane,
+        far_plane,
+        eps2d,
+        sh_degree,
+        render_mode,
     )
     C, N = depths.shape
     device, dtype = means.device, feats.dtype
@@ -554,8 +611,18 @@ def rasterize(
         if kwargs.pop("alpha_max", 0.999) != 0.999:
             raise ValueError("alpha_max is fixed to 0.999 in gsplat's kernels; use backend='torch' to change it")
         render, alpha, meta = rasterization(
-            means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-            tile_size=tile_size, packed=False, **kwargs,
+            means,
+            quats,
+            scales,
+            opacities,
+            colors,
+            viewmats,
+            Ks,
+            width,
+            height,
+            tile_size=tile_size,
+            packed=False,
+            **kwargs,
         )
         meta = dict(meta)
         meta.setdefault("n_cameras", viewmats.shape[0])

@@ -41,8 +41,7 @@ def find(name: str):
     close = difflib.get_close_matches(name, list(__modules__), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise KeyError(
-        f"Unknown type {name!r} in the built-in runtime.{hint} "
-        f"Known types: {', '.join(sorted(__modules__))}"
+        f"Unknown type {name!r} in the built-in runtime.{hint} Known types: {', '.join(sorted(__modules__))}"
     )
 
 

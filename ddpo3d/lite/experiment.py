@@ -95,7 +95,9 @@ def parse_overrides(cli_args: Sequence[str]) -> DictConfig:
     merged = OmegaConf.create({})
     for arg in cli_args:
         if "=" not in arg:
-            raise ConfigError(f"Bad override {arg!r}: expected key=value (e.g. system.prompt_processor.prompt=\"a hamburger\")")
+            raise ConfigError(
+                f'Bad override {arg!r}: expected key=value (e.g. system.prompt_processor.prompt="a hamburger")'
+            )
         key = arg.split("=", 1)[0]
         if not _KEY.match(key):
             raise ConfigError(f"Bad override {arg!r}: {key!r} is not a dotted key like system.loss.lambda_sds")
@@ -124,7 +126,9 @@ def _missing_values(cfg: DictConfig) -> List[str]:
     return missing
 
 
-def load_config(*yamls: str, cli_args: Sequence[str] = (), from_string: bool = False, makedirs: bool = True, **kwargs: Any) -> Any:
+def load_config(
+    *yamls: str, cli_args: Sequence[str] = (), from_string: bool = False, makedirs: bool = True, **kwargs: Any
+) -> Any:
     """Load, merge, resolve and strictly parse an experiment config.
 
     Args:

@@ -102,7 +102,9 @@ def build_trainer(
     trainer_kwargs: Dict[str, Any] = dict(to_primitive(cfg.trainer) or {})
     for key in ("accelerator", "devices", "strategy", "num_nodes"):
         if key in trainer_kwargs:
-            warn(f"trainer.{key} is chosen by the launcher (one {accelerator.upper()} device); ignoring {trainer_kwargs.pop(key)!r}")
+            warn(
+                f"trainer.{key} is chosen by the launcher (one {accelerator.upper()} device); ignoring {trainer_kwargs.pop(key)!r}"
+            )
     if "precision" in trainer_kwargs:
         trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], accelerator)
     trainer_kwargs.setdefault("enable_model_summary", False)

@@ -134,8 +134,19 @@ class RewardGuidedSDS:
                 scale = self.sds.cfg.guidance_scale if scale is None else scale
                 eps_policy = cfg_combine(eps_c, eps_u, scale)
                 res = policy(
-                    x0, predictor, cond, uncond, prompts, reward, t=t, noise=noise, x_t=x_t,
-                    eps_pred=eps_policy, guidance_scale=scale, generator=generator, images=images,
+                    x0,
+                    predictor,
+                    cond,
+                    uncond,
+                    prompts,
+                    reward,
+                    t=t,
+                    noise=noise,
+                    x_t=x_t,
+                    eps_pred=eps_policy,
+                    guidance_scale=scale,
+                    generator=generator,
+                    images=images,
                 )
                 out["loss_ddpo"] = res.loss_ddpo
                 out.update(res.diagnostics)

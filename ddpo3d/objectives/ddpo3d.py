@@ -109,9 +109,9 @@ class DDPO3DOutput:
 
 
 def policy_gradient_loss(
-    advantages: Float[Tensor, "N"],
-    log_prob: Float[Tensor, "N"],
-    old_log_prob: Optional[Float[Tensor, "N"]] = None,
+    advantages: Float[Tensor, " N"],
+    log_prob: Float[Tensor, " N"],
+    old_log_prob: Optional[Float[Tensor, " N"]] = None,
     clip_range: Optional[float] = None,
 ) -> Tuple[Tensor, Dict[str, float]]:
     """REINFORCE or PPO-clipped policy loss (DDPO ``train`` loop; Schulman et al. 2017 eq. 7).
@@ -137,9 +137,7 @@ def policy_gradient_loss(
     ratio = torch.exp(log_ratio)
     with torch.no_grad():
         approx_kl = float(0.5 * (log_ratio.detach() ** 2).mean())
-        clipfrac = (
-            float(((ratio - 1.0).abs() > clip_range).float().mean()) if clip_range is not None else 0.0
-        )
+        clipfrac = float(((ratio - 1.0).abs() > clip_range).float().mean()) if clip_range is not None else 0.0
         ratio_mean = float(ratio.mean())
     if clip_range is None:
         loss = -(advantages * log_prob).mean()
@@ -208,7 +206,7 @@ class DDPO3D:
         return self.weight != 0.0 and self.global_step >= self.cfg.start_step
 
     # ------------------------------------------------------------------ pieces
-    def advantages(self, rewards: Float[Tensor, "N"], prompts: Sequence[str]) -> Float[Tensor, "N"]:
+    def advantages(self, rewards: Float[Tensor, " N"], prompts: Sequence[str]) -> Float[Tensor, " N"]:
         """Rewards -> advantages (``advantage`` mode), then clipping."""
         mode = self.cfg.advantage
         if mode == "per_prompt":
@@ -225,7 +223,7 @@ class DDPO3D:
     def _rollout(
         self,
         x: Tensor,
-        t: Int[Tensor, "N"],
+        t: Int[Tensor, " N"],
         predictor: NoisePredictor,
         cond: Any,
         uncond: Any,
@@ -258,7 +256,7 @@ class DDPO3D:
         uncond: Any,
         prompts: Optional[Sequence[str]],
         reward: Callable[..., Tensor],
-        t: Int[Tensor, "B"],
+        t: Int[Tensor, " B"],
         noise: Float[Tensor, "B C h w"],
         x_t: Optional[Float[Tensor, "B C h w"]] = None,
         eps_pred: Optional[Float[Tensor, "B C h w"]] = None,
@@ -313,8 +311,14 @@ class DDPO3D:
 
         # The policy step: π(a | x_t) = N(μ(x_t, ε̂), σ_t² I), log-prob with graph to x_t.
         step = ddim_step_with_logprob(
-            predictor, eps_k, t_k, x_t_k, float(c.eta), prev_timestep=t_prev,
-            generator=generator, logprob_reduction=c.logprob_reduction,
+            predictor,
+            eps_k,
+            t_k,
+            x_t_k,
+            float(c.eta),
+            prev_timestep=t_prev,
+            generator=generator,
+            logprob_reduction=c.logprob_reduction,
         )
         log_prob = step.log_prob
         with torch.no_grad():

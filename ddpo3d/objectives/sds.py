@@ -156,7 +156,7 @@ class SDS:
 
     def sample_timesteps(
         self, batch_size: int, device: Any = None, generator: Optional[torch.Generator] = None
-    ) -> Int[Tensor, "B"]:
+    ) -> Int[Tensor, " B"]:
         """t ~ U{min_step, ..., max_step} (inclusive, as threestudio)."""
         gen_device = generator.device if generator is not None else device
         t = torch.randint(self.min_step, self.max_step + 1, (batch_size,), generator=generator, device=gen_device)
@@ -169,7 +169,7 @@ class SDS:
         predictor: NoisePredictor,
         cond: Any,
         uncond: Any = None,
-        t: Optional[Int[Tensor, "B"]] = None,
+        t: Optional[Int[Tensor, " B"]] = None,
         noise: Optional[Float[Tensor, "B C h w"]] = None,
         eps_pred: Optional[Float[Tensor, "B C h w"]] = None,
         generator: Optional[torch.Generator] = None,

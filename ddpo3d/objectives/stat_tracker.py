@@ -36,7 +36,7 @@ class PerPromptStatTracker:
         self.eps = float(eps)
         self.buffers: Dict[str, deque] = {}
 
-    def update(self, prompts: Sequence[str], rewards: Float[Tensor, "N"]) -> Float[Tensor, "N"]:
+    def update(self, prompts: Sequence[str], rewards: Float[Tensor, " N"]) -> Float[Tensor, " N"]:
         """Add a batch of rewards and return their advantages.
 
         Args:
@@ -64,7 +64,9 @@ class PerPromptStatTracker:
                 hist = torch.tensor(list(buf), dtype=torch.float64)
                 mean, std = hist.mean(), hist.std(unbiased=False)
             advantages[idx] = (values[idx] - mean) / (std + self.eps)
-        return advantages.to(device=rewards.device, dtype=rewards.dtype if rewards.is_floating_point() else torch.float32)
+        return advantages.to(
+            device=rewards.device, dtype=rewards.dtype if rewards.is_floating_point() else torch.float32
+        )
 
     def get_stats(self) -> Dict[str, Dict[str, float]]:
         """Per-prompt ``{"mean", "std", "count"}`` of the buffers."""

@@ -11,7 +11,11 @@ Registered types: ``aesthetic``, ``brightness``, ``clip-score``, ``jpeg-compress
 touched when a CLIP-based reward is built.
 """
 
+# Each module registers its reward type(s) on import.
+from ddpo3d.rewards import aesthetic, brightness, clip_score, jpeg, python_fn  # noqa: F401,E402
 from ddpo3d.rewards.base import RANGE_TOLERANCE, Reward, RewardOutput, validate_inputs
+from ddpo3d.rewards.composite import CompositeReward
+from ddpo3d.rewards.python_fn import RewardTargetImportError  # noqa: E402
 from ddpo3d.rewards.registry import (
     UnknownRewardError,
     build_reward,
@@ -19,11 +23,6 @@ from ddpo3d.rewards.registry import (
     list_rewards,
     register_reward,
 )
-from ddpo3d.rewards.composite import CompositeReward
-
-# Each module registers its reward type(s) on import.
-from ddpo3d.rewards import aesthetic, brightness, clip_score, jpeg, python_fn  # noqa: F401,E402
-from ddpo3d.rewards.python_fn import RewardTargetImportError  # noqa: E402
 from ddpo3d.weights import WeightsNotFoundError  # noqa: E402
 
 __all__ = [

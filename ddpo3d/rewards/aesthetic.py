@@ -57,7 +57,7 @@ class AestheticHead(nn.Module):
             nn.Linear(16, 1),
         )
 
-    def forward(self, emb: Float[Tensor, "B D"]) -> Float[Tensor, "B"]:
+    def forward(self, emb: Float[Tensor, "B D"]) -> Float[Tensor, " B"]:
         """Predicted rating of L2-normalised embeddings ``emb`` -> ``[B]``."""
         return self.layers(emb).squeeze(-1)
 
@@ -105,7 +105,9 @@ class AestheticReward(Reward):
 
     @dataclass
     class Config(ClipConfig):
-        head_path: Optional[str] = None  # head file: local path or "org/repo/file" in the HF cache; None: default places
+        head_path: Optional[str] = (
+            None  # head file: local path or "org/repo/file" in the HF cache; None: default places
+        )
 
     clip: ClipBackbone
     head: AestheticHead
@@ -137,7 +139,7 @@ class AestheticReward(Reward):
             )
         self.head = head.to(self.clip.device)
 
-    def score(self, images: Float[Tensor, "B H W 3"], prompts: List[str]) -> Float[Tensor, "B"]:
+    def score(self, images: Float[Tensor, "B H W 3"], prompts: List[str]) -> Float[Tensor, " B"]:
         """``head(normalize(CLIP_image(preprocess(images))))``."""
         emb = self.clip.encode_images(images)
         return self.head(emb)

@@ -6,7 +6,6 @@ validation, detaching the scores of non-differentiable rewards, and the per-term
 (:class:`RewardOutput`) live here so every reward behaves the same.
 """
 
-
 from dataclasses import dataclass
 
 import torch
@@ -25,19 +24,17 @@ class RewardOutput(NamedTuple):
     """What :meth:`Reward.evaluate` returns.
 
     Attributes:
-        scores: ``Float[Tensor, "B"]`` the reward per image (for a composite: the weighted sum).
-        terms: per-term scores by name, each ``Float[Tensor, "B"]``. A plain reward reports
+        scores: ``Float[Tensor, " B"]`` the reward per image (for a composite: the weighted sum).
+        terms: per-term scores by name, each ``Float[Tensor, " B"]``. A plain reward reports
             itself under its name; a composite reports each raw term under its name and the
             weighted term under ``"<name>_weighted"``.
     """
 
-    scores: Float[Tensor, "B"]
-    terms: Dict[str, Float[Tensor, "B"]]
+    scores: Float[Tensor, " B"]
+    terms: Dict[str, Float[Tensor, " B"]]
 
 
-def validate_inputs(
-    images: Any, prompts: Any, where: str = "reward", tolerance: float = RANGE_TOLERANCE
-) -> List[str]:
+def validate_inputs(images: Any, prompts: Any, where: str = "reward", tolerance: float = RANGE_TOLERANCE) -> List[str]:
     """Check the reward call contract; raise ``ValueError`` naming what is wrong.
 
     Args:
@@ -51,18 +48,14 @@ def validate_inputs(
         ``prompts`` as a list of ``str``.
     """
     if not isinstance(images, torch.Tensor):
-        raise ValueError(
-            f"{where}: images must be a torch.Tensor of shape [B, H, W, 3], got {type(images).__name__}"
-        )
+        raise ValueError(f"{where}: images must be a torch.Tensor of shape [B, H, W, 3], got {type(images).__name__}")
     if images.ndim != 4 or images.shape[-1] != 3:
         hint = ""
         if images.ndim == 4 and images.shape[1] == 3:
             hint = " (looks channels-first [B, 3, H, W]; permute to channels-last with .permute(0, 2, 3, 1))"
         elif images.ndim == 3 and images.shape[-1] == 3:
             hint = " (a single image? add the batch dimension with images[None])"
-        raise ValueError(
-            f"{where}: images must have shape [B, H, W, 3], got {list(images.shape)}{hint}"
-        )
+        raise ValueError(f"{where}: images must have shape [B, H, W, 3], got {list(images.shape)}{hint}")
     if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
         raise ValueError(f"{where}: images must be non-empty, got shape {list(images.shape)}")
     if not torch.is_floating_point(images):
@@ -77,8 +70,7 @@ def validate_inputs(
     if lo < -tolerance or hi > 1.0 + tolerance:
         raise ValueError(
             f"{where}: image values must lie in [0, 1] (tolerance {tolerance:g}), got range "
-            f"[{lo:.4g}, {hi:.4g}]"
-            + (" (looks like 0..255 pixel values: divide by 255)" if hi > 2.0 else "")
+            f"[{lo:.4g}, {hi:.4g}]" + (" (looks like 0..255 pixel values: divide by 255)" if hi > 2.0 else "")
         )
     if isinstance(prompts, (str, bytes)):
         raise ValueError(
@@ -92,8 +84,7 @@ def validate_inputs(
         ) from None
     if len(prompts) != images.shape[0]:
         raise ValueError(
-            f"{where}: got {len(prompts)} prompts for a batch of {images.shape[0]} images; pass one "
-            f"prompt per image"
+            f"{where}: got {len(prompts)} prompts for a batch of {images.shape[0]} images; pass one prompt per image"
         )
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
@@ -138,7 +129,7 @@ class Reward(nn.Module):
     def configure(self) -> None:
         """Load models / resolve options after ``self.cfg`` is parsed. Default: nothing."""
 
-    def score(self, images: Float[Tensor, "B H W 3"], prompts: List[str]) -> Float[Tensor, "B"]:
+    def score(self, images: Float[Tensor, "B H W 3"], prompts: List[str]) -> Float[Tensor, " B"]:
         """Compute the reward of validated inputs.
 
         Args:
@@ -146,7 +137,7 @@ class Reward(nn.Module):
             prompts: ``B`` strings.
 
         Returns:
-            ``Float[Tensor, "B"]`` scores.
+            ``Float[Tensor, " B"]`` scores.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement score()")
 
@@ -167,7 +158,7 @@ class Reward(nn.Module):
         scores = self._check_scores(scores, images)
         return RewardOutput(scores, {self.name: scores})
 
-    def forward(self, images: Float[Tensor, "B H W 3"], prompts: Sequence[str]) -> Float[Tensor, "B"]:
+    def forward(self, images: Float[Tensor, "B H W 3"], prompts: Sequence[str]) -> Float[Tensor, " B"]:
         """``reward(images, prompts) -> scores [B]``; see :meth:`evaluate`."""
         return self.evaluate(images, prompts).scores
 

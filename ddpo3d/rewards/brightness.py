@@ -27,6 +27,6 @@ class BrightnessReward(Reward):
 
     differentiable = True
 
-    def score(self, images: Float[Tensor, "B H W 3"], prompts: Sequence[str]) -> Float[Tensor, "B"]:
+    def score(self, images: Float[Tensor, "B H W 3"], prompts: Sequence[str]) -> Float[Tensor, " B"]:
         weights = torch.tensor(LUMA, device=images.device, dtype=images.dtype)
         return (images * weights).sum(-1).flatten(1).mean(-1)

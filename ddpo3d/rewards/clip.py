@@ -282,7 +282,7 @@ def _find_pretrained_file(
     raise WeightsNotFoundError(
         f"open_clip {name} (pretrained={tag!r})",
         looked,
-        f"download once where there is network access: python -c \"import open_clip; "
+        f'download once where there is network access: python -c "import open_clip; '
         f"open_clip.create_model('{name}', pretrained='{tag}')\" (fills the Hugging Face cache), "
         f"or set clip_checkpoint: /path/to/weights in the reward block, or allow_download: true",
     )
@@ -339,8 +339,15 @@ def load_clip(cfg: Any, where: str = "CLIP") -> ClipBackbone:
             f"tag such as 'openai') or clip_checkpoint (a local file). Random weights only with "
             f"allow_random_init: true (tests and demos)"
         )
-    key = (name, tag, ckpt, cfg.clip_cache_dir, cfg.clip_quick_gelu,
-           int(cfg.random_init_seed) if (ckpt is None and tag is None) else None, str(cfg.device or "cpu"))
+    key = (
+        name,
+        tag,
+        ckpt,
+        cfg.clip_cache_dir,
+        cfg.clip_quick_gelu,
+        int(cfg.random_init_seed) if (ckpt is None and tag is None) else None,
+        str(cfg.device or "cpu"),
+    )
     shared = _SHARED.get(key)
     if shared is not None:
         return shared

@@ -36,7 +36,7 @@ class ClipScoreReward(Reward):
     def configure(self) -> None:
         self.clip = load_clip(self.cfg, where=f"reward {self.name!r}")
 
-    def score(self, images: Float[Tensor, "B H W 3"], prompts: List[str]) -> Float[Tensor, "B"]:
+    def score(self, images: Float[Tensor, "B H W 3"], prompts: List[str]) -> Float[Tensor, " B"]:
         """Cosine of normalised image and text embeddings, optionally as CLIPScore."""
         img = self.clip.encode_images(images)
         txt = self.clip.encode_text(prompts)

@@ -100,4 +100,3 @@ class CompositeReward(Reward):
     def extra_repr(self) -> str:
         ws = ", ".join(f"{n}: {w:g}" for n, w in zip(self.term_names, self.weights))
         return f"differentiable={self.differentiable}, weights={{{ws}}}"
-

@@ -31,7 +31,7 @@ def to_uint8(images: Float[Tensor, "B H W 3"]) -> np.ndarray:
     return x.to(torch.uint8).cpu().numpy()
 
 
-def jpeg_size_kb(images: Float[Tensor, "B H W 3"], quality: int = 95) -> Float[Tensor, "B"]:
+def jpeg_size_kb(images: Float[Tensor, "B H W 3"], quality: int = 95) -> Float[Tensor, " B"]:
     """JPEG file size of each image in kB (bytes / 1000), PIL encoder.
 
     Args:
@@ -39,7 +39,7 @@ def jpeg_size_kb(images: Float[Tensor, "B H W 3"], quality: int = 95) -> Float[T
         quality: JPEG quality (DDPO uses 95).
 
     Returns:
-        ``Float[Tensor, "B"]`` sizes (float32, on ``images.device``, no gradient).
+        ``Float[Tensor, " B"]`` sizes (float32, on ``images.device``, no gradient).
     """
     from PIL import Image
 
@@ -65,7 +65,7 @@ class _JpegSizeReward(Reward):
         if not 1 <= int(self.cfg.quality) <= 100:
             raise ConfigError(f"reward {self.name!r}: quality must be in 1..100, got {self.cfg.quality}")
 
-    def score(self, images: Float[Tensor, "B H W 3"], prompts: List[str]) -> Float[Tensor, "B"]:
+    def score(self, images: Float[Tensor, "B H W 3"], prompts: List[str]) -> Float[Tensor, " B"]:
         """JPEG size in kB times ``sign`` (prompts are ignored)."""
         return self.sign * jpeg_size_kb(images, self.cfg.quality)
 

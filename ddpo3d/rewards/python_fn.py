@@ -37,28 +37,22 @@ def import_target(target: str) -> Callable:
             the attribute is not callable; the message names ``target``.
     """
     if not isinstance(target, str) or target.count(":") != 1 or not all(target.split(":")):
-        raise ConfigError(
-            f"python reward: target must look like 'package.module:function', got {target!r}"
-        )
+        raise ConfigError(f"python reward: target must look like 'package.module:function', got {target!r}")
     module_name, attr_path = target.split(":")
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or an error raised while executing the module
         raise RewardTargetImportError(
-            f"python reward: cannot import module {module_name!r} for target {target!r}: "
-            f"{type(exc).__name__}: {exc}"
+            f"python reward: cannot import module {module_name!r} for target {target!r}: {type(exc).__name__}: {exc}"
         ) from exc
     for part in attr_path.split("."):
         if not hasattr(obj, part):
             raise RewardTargetImportError(
-                f"python reward: module {module_name!r} has no attribute {attr_path!r} "
-                f"(target {target!r})"
+                f"python reward: module {module_name!r} has no attribute {attr_path!r} (target {target!r})"
             )
         obj = getattr(obj, part)
     if not callable(obj):
-        raise RewardTargetImportError(
-            f"python reward: target {target!r} is a {type(obj).__name__}, not a callable"
-        )
+        raise RewardTargetImportError(f"python reward: target {target!r} is a {type(obj).__name__}, not a callable")
     return obj
 
 
@@ -76,14 +70,12 @@ class PythonReward(Reward):
 
     def configure(self) -> None:
         if OmegaConf.is_missing(self.cfg, "target"):
-            raise ConfigError(
-                "python reward: the block needs 'target: package.module:function' (none given)"
-            )
+            raise ConfigError("python reward: the block needs 'target: package.module:function' (none given)")
         self.fn = import_target(self.cfg.target)
         self.differentiable = bool(self.cfg.differentiable)
         self._kwargs = dict(self.cfg.kwargs)
 
-    def score(self, images: Float[Tensor, "B H W 3"], prompts: List[str]) -> Float[Tensor, "B"]:
+    def score(self, images: Float[Tensor, "B H W 3"], prompts: List[str]) -> Float[Tensor, " B"]:
         """Call the user function; non-differentiable ones see detached images under no_grad."""
         if self.differentiable:
             out = self.fn(images, prompts, **self._kwargs)

@@ -72,13 +72,11 @@ def _split_block(block: Any, where: str) -> tuple:
     """``(type, weight, name, options)`` of one reward block."""
     if not isinstance(block, dict):
         raise ConfigError(
-            f"{where} must be a mapping like {{type: aesthetic, weight: 1.0}}, got "
-            f"{type(block).__name__}: {block!r}"
+            f"{where} must be a mapping like {{type: aesthetic, weight: 1.0}}, got {type(block).__name__}: {block!r}"
         )
     if "type" not in block:
         raise ConfigError(
-            f"{where} has no 'type' key (got keys {sorted(block)}). Known reward types: "
-            f"{', '.join(list_rewards())}"
+            f"{where} has no 'type' key (got keys {sorted(block)}). Known reward types: {', '.join(list_rewards())}"
         )
     options = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
     weight = block.get("weight", 1.0)
@@ -121,9 +119,7 @@ def build_reward(cfg: Any):
         return cfg
     cfg = to_primitive(cfg)
     if cfg is None:
-        raise ConfigError(
-            f"No reward configured (got None). Known reward types: {', '.join(list_rewards())}"
-        )
+        raise ConfigError(f"No reward configured (got None). Known reward types: {', '.join(list_rewards())}")
     if isinstance(cfg, (list, tuple)):
         if len(cfg) == 0:
             raise ConfigError("An empty list of reward blocks builds no reward")

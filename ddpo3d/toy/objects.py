@@ -76,7 +76,9 @@ class ToyObject:
     def prompt(self) -> str:
         return f"a {self.color_name} {self.shape}"
 
-    def density(self, points: Float[Tensor, "... 3"], scale: float = 200.0, sharpness: float = 0.01) -> Float[Tensor, "..."]:
+    def density(
+        self, points: Float[Tensor, "... 3"], scale: float = 200.0, sharpness: float = 0.01
+    ) -> Float[Tensor, "..."]:
         """Volume density: ``scale * sigmoid(-sdf / sharpness)``."""
         return scale * torch.sigmoid(-self.sdf(points) / sharpness)
 

@@ -13,7 +13,7 @@ import typing
 
 from omegaconf import OmegaConf
 
-from ddpo3d.utils.typing import Any, Optional, Union, DictConfig
+from ddpo3d.utils.typing import Any, DictConfig, Optional, Union
 
 
 class ConfigError(ValueError):
@@ -31,10 +31,7 @@ def unknown_key_message(key: str, where: str, known: list) -> str:
     """Error text for an unknown config key, with a close-match suggestion."""
     hint = difflib.get_close_matches(key, known, n=1)
     suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
-    return (
-        f"Unknown config key {key!r} for {where}.{suggestion} "
-        f"Known keys: {', '.join(sorted(known))}"
-    )
+    return f"Unknown config key {key!r} for {where}.{suggestion} Known keys: {', '.join(sorted(known))}"
 
 
 def _is_tuple_type(tp: Any) -> bool:
@@ -55,9 +52,7 @@ def _lists_to_tuples(fields: Any, cfg: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) and _is_tuple_type(hints.get(k)) else v for k, v in cfg.items()}
 
 
-def parse_structured(
-    fields: Any, cfg: Optional[Union[dict, DictConfig]] = None, where: Optional[str] = None
-) -> Any:
+def parse_structured(fields: Any, cfg: Optional[Union[dict, DictConfig]] = None, where: Optional[str] = None) -> Any:
     """Parse ``cfg`` into the dataclass ``fields`` strictly.
 
     Args:

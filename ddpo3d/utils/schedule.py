@@ -30,9 +30,7 @@ def _to_list(value: Any) -> List[Any]:
     if len(value) == 3:
         value = [0] + value
     if len(value) < 4 or (len(value) > 4 and len(value) % 2 != 0):
-        raise ValueError(
-            f"A schedule list needs 3, 4 or an even number >= 6 of entries, got {value!r}"
-        )
+        raise ValueError(f"A schedule list needs 3, 4 or an even number >= 6 of entries, got {value!r}")
     return value
 
 

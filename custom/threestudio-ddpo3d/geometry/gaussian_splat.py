@@ -43,8 +43,9 @@ from ddpo3d.utils.typing import Any, Dict, Float, List, Optional, Tensor, Tuple
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
 
-def expon_lr(step: int, lr_init: float, lr_final: float, max_steps: int, delay_steps: int = 0,
-             delay_mult: float = 1.0) -> float:
+def expon_lr(
+    step: int, lr_init: float, lr_final: float, max_steps: int, delay_steps: int = 0, delay_mult: float = 1.0
+) -> float:
     """3DGS's ``get_expon_lr_func``: log-linear from ``lr_init`` to ``lr_final`` over
     ``max_steps``, optionally scaled by a sine warm-up ``delay_mult -> 1`` over ``delay_steps``
     (Kerbl et al. 2023 reference code, adapted from Plenoxels)."""
@@ -169,8 +170,14 @@ class GaussianSplatGeometry(BaseModule):
         else:  # a lower-degree file: the extra coefficients start at zero
             shN = torch.cat([shN, torch.zeros(shN.shape[0], K - 1 - shN.shape[1], 3)], dim=1)
         info(f"ddpo3d-gaussian-splat: {d['means'].shape[0]} Gaussians from {path}")
-        return {"means": d["means"], "scales": d["log_scales"], "quats": d["quats"],
-                "opacities": d["opacity_logits"], "sh0": d["sh0"], "shN": shN}
+        return {
+            "means": d["means"],
+            "scales": d["log_scales"],
+            "quats": d["quats"],
+            "opacities": d["opacity_logits"],
+            "sh0": d["sh0"],
+            "shN": shN,
+        }
 
     def _sample_mesh(self, path: str, n: int) -> Tensor:
         if not os.path.isfile(path):
@@ -213,7 +220,7 @@ class GaussianSplatGeometry(BaseModule):
     def get_quats(self) -> Float[Tensor, "N 4"]:
         return F.normalize(self.quats, dim=-1)
 
-    def get_opacities(self) -> Float[Tensor, "N"]:
+    def get_opacities(self) -> Float[Tensor, " N"]:
         return torch.sigmoid(self.opacities)
 
     def get_sh(self) -> Float[Tensor, "N K 3"]:
@@ -234,9 +241,14 @@ class GaussianSplatGeometry(BaseModule):
     # ------------------------------------------------------------------ optimisation hooks
     def _position_lr_at(self, step: int) -> float:
         c = self.cfg
-        return c.spatial_lr_scale * expon_lr(step, c.position_lr_init, c.position_lr_final,
-                                              c.position_lr_max_steps, c.position_lr_delay_steps,
-                                              c.position_lr_delay_mult)
+        return c.spatial_lr_scale * expon_lr(
+            step,
+            c.position_lr_init,
+            c.position_lr_final,
+            c.position_lr_max_steps,
+            c.position_lr_delay_steps,
+            c.position_lr_delay_mult,
+        )
 
     def optimizer_param_groups(self, base_cfg: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
         """One param group per attribute with its own learning rate (3DGS ``training_setup``).
@@ -262,8 +274,9 @@ class GaussianSplatGeometry(BaseModule):
             "sh0": c.feature_lr,
             "shN": c.feature_lr * c.feature_rest_lr_factor,
         }
-        return [{"params": [getattr(self, n)], "lr": lrs[n], "name": f"geometry.{n}", **extra}
-                for n in self.param_names()]
+        return [
+            {"params": [getattr(self, n)], "lr": lrs[n], "name": f"geometry.{n}", **extra} for n in self.param_names()
+        ]
 
     def bind_optimizer(self, optimizer: Optional[torch.optim.Optimizer]) -> None:
         """Remember ``optimizer`` (weakly): ``update_step`` then writes the decayed position
@@ -313,15 +326,21 @@ class GaussianSplatGeometry(BaseModule):
         """
         pts = render_out.get("viewspace_points")
         if pts is None:
-            raise KeyError("accumulate_viewspace_grads: render output has no 'viewspace_points' "
-                           "(use ddpo3d-gaussian-splat-renderer in training mode)")
+            raise KeyError(
+                "accumulate_viewspace_grads: render output has no 'viewspace_points' "
+                "(use ddpo3d-gaussian-splat-renderer in training mode)"
+            )
         if pts.grad is None:
-            raise RuntimeError("accumulate_viewspace_grads: 'viewspace_points' has no gradient; call it after "
-                               "loss.backward() on a training-mode render")
+            raise RuntimeError(
+                "accumulate_viewspace_grads: 'viewspace_points' has no gradient; call it after "
+                "loss.backward() on a training-mode render"
+            )
         B, N = pts.shape[:2]
         if N != self.num_points:
-            raise RuntimeError(f"accumulate_viewspace_grads: render has {N} Gaussians, geometry has "
-                               f"{self.num_points} (densified in between?)")
+            raise RuntimeError(
+                f"accumulate_viewspace_grads: render has {N} Gaussians, geometry has "
+                f"{self.num_points} (densified in between?)"
+            )
         H, W = render_out["comp_rgb"].shape[1:3]
         g = pts.grad.clone()
         g[..., 0] *= 0.5 * W * B
@@ -378,8 +397,9 @@ class GaussianSplatGeometry(BaseModule):
             ``{"cloned": .., "split": ..}`` counts.
         """
         c = self.cfg
-        grads = torch.where(self._grad_count > 0, self._grad_accum / self._grad_count.clamp_min(1),
-                            torch.zeros_like(self._grad_accum))
+        grads = torch.where(
+            self._grad_count > 0, self._grad_accum / self._grad_count.clamp_min(1), torch.zeros_like(self._grad_accum)
+        )
         selected = grads >= c.densify_grad_threshold
         big = self.get_scales().max(dim=1).values > c.percent_dense * c.scene_extent
         if c.max_num_points > 0:  # keep the highest gradients that fit the budget
@@ -400,7 +420,9 @@ class GaussianSplatGeometry(BaseModule):
             means, log_scales = split_gaussians(self.means[split], self.scales[split], self.quats[split], c.split_num)
             for n in names:
                 rep = getattr(self, n).detach()[split]
-                child = {"means": means, "scales": log_scales}.get(n, rep.repeat((c.split_num,) + (1,) * (rep.dim() - 1)))
+                child = {"means": means, "scales": log_scales}.get(
+                    n, rep.repeat((c.split_num,) + (1,) * (rep.dim() - 1))
+                )
                 new[n] = torch.cat([new[n], child], dim=0)
         n_old = self.num_points
         self.append_gaussians(new, optimizer)
@@ -483,7 +505,9 @@ class GaussianSplatGeometry(BaseModule):
         # checkpoints hold a different number of Gaussians than a fresh model: resize first
         for name in PARAM_NAMES:
             key = prefix + name
-            if key in state_dict and (getattr(self, name, None) is None or getattr(self, name).shape != state_dict[key].shape):
+            if key in state_dict and (
+                getattr(self, name, None) is None or getattr(self, name).shape != state_dict[key].shape
+            ):
                 setattr(self, name, nn.Parameter(torch.empty_like(state_dict[key], device=self.means.device)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._reset_stats()

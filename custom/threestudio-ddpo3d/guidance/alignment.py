@@ -41,9 +41,9 @@ class AlignmentConfig:
 
 def view_prompts(
     prompt_utils: Any,
-    elevation: Float[Tensor, "B"],
-    azimuth: Float[Tensor, "B"],
-    camera_distances: Float[Tensor, "B"],
+    elevation: Float[Tensor, " B"],
+    azimuth: Float[Tensor, " B"],
+    camera_distances: Float[Tensor, " B"],
     view_dependent: bool,
 ) -> List[str]:
     """The prompt string per view, on either host.
@@ -88,8 +88,16 @@ class RewardAlignmentMixin:
         if self.cfg.seed is not None:
             self.generator = torch.Generator(device=self.device).manual_seed(int(self.cfg.seed))
 
-    def text_conditions(self, prompt_utils: Any, elevation, azimuth, camera_distances, rgb_as_latents: bool = False,
-                        guidance_eval: bool = False, latents_ok: bool = False):
+    def text_conditions(
+        self,
+        prompt_utils: Any,
+        elevation,
+        azimuth,
+        camera_distances,
+        rgb_as_latents: bool = False,
+        guidance_eval: bool = False,
+        latents_ok: bool = False,
+    ):
         """Check the call options and return ``(cond, uncond, prompts)`` for a text-conditioned UNet.
 
         Raises:

@@ -55,6 +55,8 @@ class DDPO3DDeepFloydGuidance(RewardAlignmentMixin, DeepFloydGuidance):
         cond, uncond, prompts = self.text_conditions(
             prompt_utils, elevation, azimuth, camera_distances, rgb_as_latents, guidance_eval
         )
-        x = F.interpolate(rgb.permute(0, 3, 1, 2), (self.resolution, self.resolution), mode="bilinear", align_corners=False)
+        x = F.interpolate(
+            rgb.permute(0, 3, 1, 2), (self.resolution, self.resolution), mode="bilinear", align_corners=False
+        )
         x0 = x * 2.0 - 1.0
         return self.align(rgb, self.predictor, cond, uncond, prompts, x0=x0)

@@ -66,7 +66,9 @@ class DDPO3DStableDiffusionGuidance(RewardAlignmentMixin, StableDiffusionGuidanc
             latent_hw = self.resolution // (2 ** (len(self.vae.config.block_out_channels) - 1))
             x0 = F.interpolate(rgb.permute(0, 3, 1, 2), (latent_hw, latent_hw), mode="bilinear", align_corners=False)
         else:
-            x = F.interpolate(rgb.permute(0, 3, 1, 2), (self.resolution, self.resolution), mode="bilinear", align_corners=False)
+            x = F.interpolate(
+                rgb.permute(0, 3, 1, 2), (self.resolution, self.resolution), mode="bilinear", align_corners=False
+            )
             x0 = self.encode_images(x)
         images = rgb if not rgb_as_latents else self.predictor.decode(x0.detach())
         return self.align(images, self.predictor, cond, uncond, prompts, x0=x0)

@@ -76,8 +76,10 @@ class ToyGuidance(RewardAlignmentMixin, BaseObject):
             cond = self.predictor.encode(self.reference(prompt, rays_o, rays_d))[:, None]
             uncond = None
             if self.cfg.guidance_scale != 0:
-                refs = [render_toy_object(o, rays_o, rays_d, tuple(self.cfg.background), self.cfg.reference_samples)[0]
-                        for o in self.uncond_objects]
+                refs = [
+                    render_toy_object(o, rays_o, rays_d, tuple(self.cfg.background), self.cfg.reference_samples)[0]
+                    for o in self.uncond_objects
+                ]
                 uncond = torch.stack([self.predictor.encode(r) for r in refs], 1)
         prompts = self.reward_prompts_for(prompt_utils, elevation, azimuth, camera_distances)
         return self.align(rgb, self.predictor, cond, uncond, prompts)

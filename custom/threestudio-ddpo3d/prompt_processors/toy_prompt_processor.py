@@ -20,7 +20,9 @@ class ToyPromptOutput:
     prompt: str
     use_perp_neg: bool = False
 
-    def get_prompts(self, elevation: Float[Tensor, "B"], azimuth, camera_distances, view_dependent_prompting=True) -> List[str]:
+    def get_prompts(
+        self, elevation: Float[Tensor, " B"], azimuth, camera_distances, view_dependent_prompting=True
+    ) -> List[str]:
         """The prompt per view (the toy world has no view-dependent phrasing)."""
         return [self.prompt] * int(elevation.shape[0])
 

@@ -105,8 +105,11 @@ class GaussianSplatRenderer(BaseModule):
     def _ray_dirs(c2w: Tensor, fovy: Tensor, height: int, width: int) -> Float[Tensor, "B H W 3"]:
         """World ray directions as threestudio's ``get_ray_directions`` + ``get_rays``."""
         focal = 0.5 * height / torch.tan(0.5 * fovy)
-        v, u = torch.meshgrid(torch.arange(height, device=c2w.device, dtype=c2w.dtype) + 0.5,
-                              torch.arange(width, device=c2w.device, dtype=c2w.dtype) + 0.5, indexing="ij")
+        v, u = torch.meshgrid(
+            torch.arange(height, device=c2w.device, dtype=c2w.dtype) + 0.5,
+            torch.arange(width, device=c2w.device, dtype=c2w.dtype) + 0.5,
+            indexing="ij",
+        )
         f = focal[:, None, None]
         d = torch.stack([(u - 0.5 * width) / f, -(v - 0.5 * height) / f, -torch.ones_like(u).expand_as(f * u)], -1)
         return F.normalize(torch.einsum("bij,bhwj->bhwi", c2w[:, :3, :3], d), dim=-1)
@@ -144,21 +147,36 @@ class GaussianSplatRenderer(BaseModule):
         viewmats = opengl_c2w_to_viewmats(c2w)
         Ks = intrinsics_from_fovy(fovy, width, height)
         if self.material is not None and not self._warned_material and type(self.material).__name__ != "NoMaterial":
-            warn(f"ddpo3d-gaussian-splat-renderer: material {type(self.material).__name__} is ignored; "
-                 f"colours come from the Gaussians' SH coefficients")
+            warn(
+                f"ddpo3d-gaussian-splat-renderer: material {type(self.material).__name__} is ignored; "
+                f"colours come from the Gaussians' SH coefficients"
+            )
             self._warned_material = True
 
         attrs = geo()
         kwargs: Dict[str, Any] = dict(
-            near_plane=self.cfg.near_plane, far_plane=self.cfg.far_plane, eps2d=self.cfg.eps2d,
-            sh_degree=attrs["sh_degree"], render_mode="RGB+D",
+            near_plane=self.cfg.near_plane,
+            far_plane=self.cfg.far_plane,
+            eps2d=self.cfg.eps2d,
+            sh_degree=attrs["sh_degree"],
+            render_mode="RGB+D",
         )
         backend = resolve_backend(self.cfg.backend, attrs["means"].device)
         if backend == "torch":
             kwargs.update(alpha_max=self.cfg.alpha_max, chunk_elements=self.cfg.chunk_elements)
         render, alpha, meta = rasterize(
-            attrs["means"], attrs["quats"], attrs["scales"], attrs["opacities"], attrs["colors"],
-            viewmats, Ks, width, height, backend=backend, tile_size=self.cfg.tile_size, **kwargs,
+            attrs["means"],
+            attrs["quats"],
+            attrs["scales"],
+            attrs["opacities"],
+            attrs["colors"],
+            viewmats,
+            Ks,
+            width,
+            height,
+            backend=backend,
+            tile_size=self.cfg.tile_size,
+            **kwargs,
         )
         comp_rgb_fg, depth = render[..., :3], render[..., 3:4]
 

@@ -126,8 +126,12 @@ class DDPO3DSystem(DreamFusion):
         if "reference_rgb" in out:
             cols.append({"type": "rgb", "img": out["reference_rgb"][0], "kwargs": {"data_format": "HWC"}})
         if "comp_normal" in out:
-            cols.append({"type": "rgb", "img": out["comp_normal"][0], "kwargs": {"data_format": "HWC", "data_range": (0, 1)}})
-        cols.append({"type": "grayscale", "img": out["opacity"][0, :, :, 0], "kwargs": {"cmap": None, "data_range": (0, 1)}})
+            cols.append(
+                {"type": "rgb", "img": out["comp_normal"][0], "kwargs": {"data_format": "HWC", "data_range": (0, 1)}}
+            )
+        cols.append(
+            {"type": "grayscale", "img": out["opacity"][0, :, :, 0], "kwargs": {"cmap": None, "data_range": (0, 1)}}
+        )
         return cols
 
     def _accumulate(self, scores: Dict[str, float]) -> None:
@@ -151,7 +155,7 @@ class DDPO3DSystem(DreamFusion):
         for key, value in metrics.items():
             if key.startswith("train/") and not key.startswith(TRAIN_KEYS_SKIP):
                 try:
-                    values[key[len("train/"):]] = float(value)
+                    values[key[len("train/") :]] = float(value)
                 except (TypeError, ValueError):
                     continue
         if getattr(self, "_fit_t0", None) is None:
@@ -210,7 +214,10 @@ class DDPO3DSystem(DreamFusion):
         self._accumulate(self._score(out, batch))
         index = int(batch["index"][0])
         self.save_image_grid(
-            f"it{self.true_global_step}-{index}.png", self._grid(out), name="validation_step", step=self.true_global_step
+            f"it{self.true_global_step}-{index}.png",
+            self._grid(out),
+            name="validation_step",
+            step=self.true_global_step,
         )
 
     def on_validation_epoch_end(self):

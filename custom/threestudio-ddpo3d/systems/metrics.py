@@ -79,8 +79,14 @@ class MetricHistory:
         for ax, (ylabel, lines) in zip(axes[0], panels):
             for label, xs, ys in lines:
                 style = "-" if label.startswith("train") else "o-"
-                ax.plot(xs, ys, style, label=label, alpha=0.6 if label.startswith("train") else 1.0,
-                        linewidth=1 if label.startswith("train") else 2)
+                ax.plot(
+                    xs,
+                    ys,
+                    style,
+                    label=label,
+                    alpha=0.6 if label.startswith("train") else 1.0,
+                    linewidth=1 if label.startswith("train") else 2,
+                )
                 groups[ylabel].append(label)
             ax.set_xlabel("step")
             ax.set_ylabel(ylabel)

@@ -84,7 +84,7 @@ def _as_list(value: Any, key: str) -> List[int]:
 
 
 def spherical_to_cartesian(
-    elevation: Float[Tensor, "B"], azimuth: Float[Tensor, "B"], distance: Float[Tensor, "B"]
+    elevation: Float[Tensor, " B"], azimuth: Float[Tensor, " B"], distance: Float[Tensor, " B"]
 ) -> Float[Tensor, "B 3"]:
     """Points at ``distance`` from the origin, angles in radians (z up, azimuth from +x to +y)."""
     return torch.stack(
@@ -119,7 +119,7 @@ def look_at_c2w(
 def rays_for_cameras(
     directions_unit_focal: Float[Tensor, "H W 3"],
     c2w: Float[Tensor, "B 4 4"],
-    fovy: Float[Tensor, "B"],
+    fovy: Float[Tensor, " B"],
     height: int,
     normalize: bool,
 ) -> Tuple[Float[Tensor, "B H W 3"], Float[Tensor, "B H W 3"]]:
@@ -189,14 +189,17 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
         over ``progressive_until`` steps (threestudio's progressive views)."""
         r = min(1.0, global_step / (self.cfg.progressive_until + 1))
         e0 = self.cfg.eval_elevation_deg
-        self.elevation_range = [(1 - r) * e0 + r * self.cfg.elevation_range[0], (1 - r) * e0 + r * self.cfg.elevation_range[1]]
+        self.elevation_range = [
+            (1 - r) * e0 + r * self.cfg.elevation_range[0],
+            (1 - r) * e0 + r * self.cfg.elevation_range[1],
+        ]
         self.azimuth_range = [r * self.cfg.azimuth_range[0], r * self.cfg.azimuth_range[1]]
 
     def __iter__(self):
         while True:
             yield {}
 
-    def _sample_elevation(self, b: int) -> Float[Tensor, "B"]:
+    def _sample_elevation(self, b: int) -> Float[Tensor, " B"]:
         lo, hi = self.elevation_range
         if random.random() < 0.5:
             # uniform in degrees (puts relatively more views near the poles)
@@ -205,7 +208,7 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
         s0, s1 = math.sin(math.radians(lo)), math.sin(math.radians(hi))
         return torch.rad2deg(torch.asin(torch.rand(b) * (s1 - s0) + s0))
 
-    def _sample_azimuth(self, b: int) -> Float[Tensor, "B"]:
+    def _sample_azimuth(self, b: int) -> Float[Tensor, " B"]:
         lo, hi = self.azimuth_range
         if self.cfg.batch_uniform_azimuth:
             # one azimuth per equal slice of the range, so a batch covers all sides
@@ -223,7 +226,9 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
         if self.cfg.light_sample_strategy == "magic3d":
             # Magic3D: light within a cone of elevation [30°, 90°] around the camera's axis
             local_z = F.normalize(camera_positions, dim=-1)
-            local_x = F.normalize(torch.stack([local_z[:, 1], -local_z[:, 0], torch.zeros_like(local_z[:, 0])], -1), dim=-1)
+            local_x = F.normalize(
+                torch.stack([local_z[:, 1], -local_z[:, 0], torch.zeros_like(local_z[:, 0])], -1), dim=-1
+            )
             local_y = F.normalize(torch.cross(local_z, local_x, dim=-1), dim=-1)
             rot = torch.stack([local_x, local_y, local_z], dim=-1)
             light_azimuth = torch.rand(b) * math.pi * 2 - math.pi
@@ -249,7 +254,9 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
         azimuth_deg = self._sample_azimuth(b)
         r0, r1 = self.camera_distance_range
         camera_distances = torch.rand(b) * (r1 - r0) + r0
-        camera_positions = spherical_to_cartesian(torch.deg2rad(elevation_deg), torch.deg2rad(azimuth_deg), camera_distances)
+        camera_positions = spherical_to_cartesian(
+            torch.deg2rad(elevation_deg), torch.deg2rad(azimuth_deg), camera_distances
+        )
         camera_positions = camera_positions + (torch.rand(b, 3) * 2 - 1) * self.cfg.camera_perturb
         center = torch.randn(b, 3) * self.cfg.center_perturb
         up = torch.tensor([0.0, 0.0, 1.0])[None].repeat(b, 1) + torch.randn(b, 3) * self.cfg.up_perturb
@@ -298,7 +305,9 @@ class RandomCameraDataset(Dataset):
             azimuth_deg = torch.linspace(0, 360.0, self.n_views)
         elevation_deg = torch.full_like(azimuth_deg, cfg.eval_elevation_deg)
         camera_distances = torch.full_like(azimuth_deg, cfg.eval_camera_distance)
-        camera_positions = spherical_to_cartesian(torch.deg2rad(elevation_deg), torch.deg2rad(azimuth_deg), camera_distances)
+        camera_positions = spherical_to_cartesian(
+            torch.deg2rad(elevation_deg), torch.deg2rad(azimuth_deg), camera_distances
+        )
         center = torch.zeros_like(camera_positions)
         up = torch.tensor([0.0, 0.0, 1.0])[None].repeat(self.n_views, 1)
         fovy = torch.deg2rad(torch.full_like(azimuth_deg, cfg.eval_fovy_deg))

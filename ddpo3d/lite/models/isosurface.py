@@ -95,9 +95,7 @@ def resolve_threshold(field: Float[Tensor, "..."], threshold: Any, name: str = "
     return float(threshold)
 
 
-def isosurface_from_field(
-    geometry, bbox: Float[Tensor, "2 3"], resolution: int, threshold, chunk: int = 0
-) -> Mesh:
+def isosurface_from_field(geometry, bbox: Float[Tensor, "2 3"], resolution: int, threshold, chunk: int = 0) -> Mesh:
     """Marching cubes over any geometry with ``forward_field`` / ``forward_level``.
 
     Args:

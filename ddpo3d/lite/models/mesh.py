@@ -65,9 +65,7 @@ class Mesh:
         for i in (i0, i1, i2):
             v_nrm = v_nrm.index_add(0, i, face_normals)
         # vertices without faces get an arbitrary unit normal
-        v_nrm = torch.where(
-            v_nrm.norm(dim=-1, keepdim=True) > 1e-20, v_nrm, torch.tensor([0.0, 0.0, 1.0]).to(v_nrm)
-        )
+        v_nrm = torch.where(v_nrm.norm(dim=-1, keepdim=True) > 1e-20, v_nrm, torch.tensor([0.0, 0.0, 1.0]).to(v_nrm))
         return F.normalize(v_nrm, dim=-1)
 
     def to_trimesh(self):

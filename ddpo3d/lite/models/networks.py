@@ -26,7 +26,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import ddpo3d.lite as threestudio
 from ddpo3d.lite.utils.base import Updateable
@@ -48,7 +47,14 @@ _HASHGRID_KEYS = _COMMON_ENCODING_KEYS | {
 _PROGRESSIVE_KEYS = {"start_level", "start_step", "update_steps"}
 _MLP_KEYS = {"otype", "activation", "output_activation", "n_neurons", "n_hidden_layers"}
 
-SUPPORTED_ENCODINGS = ("HashGrid", "Grid", "ProgressiveBandHashGrid", "ProgressiveBandFrequency", "Frequency", "SphericalHarmonics")
+SUPPORTED_ENCODINGS = (
+    "HashGrid",
+    "Grid",
+    "ProgressiveBandHashGrid",
+    "ProgressiveBandFrequency",
+    "Frequency",
+    "SphericalHarmonics",
+)
 SUPPORTED_MLPS = ("VanillaMLP", "FullyFusedMLP", "CutlassMLP")
 
 
@@ -121,8 +127,7 @@ class HashGrid(nn.Module):
         interpolation = config.get("interpolation", "Linear")
         if interpolation != "Linear":
             raise ConfigError(
-                f"HashGrid interpolation {interpolation!r} is not supported by the built-in runtime "
-                "(only 'Linear')"
+                f"HashGrid interpolation {interpolation!r} is not supported by the built-in runtime (only 'Linear')"
             )
         grid_type = config.get("type", "Hash")
         if grid_type != "Hash":
@@ -149,11 +154,9 @@ class HashGrid(nn.Module):
         # levels are ordered coarse to fine, so the densely indexed ones form a prefix
         self.level_hashed = list(hashed)
         self.n_dense_levels = sum(1 for h in hashed if not h)
-        if any(not h for h in hashed[self.n_dense_levels:]):
+        if any(not h for h in hashed[self.n_dense_levels :]):
             raise ConfigError("HashGrid: dense levels after hashed ones (per_level_scale < 1?)")
-        strides = torch.tensor(
-            [[r**d for d in range(in_channels)] for r in resolutions], dtype=torch.long
-        )  # [L, D]
+        strides = torch.tensor([[r**d for d in range(in_channels)] for r in resolutions], dtype=torch.long)  # [L, D]
         self.register_buffer("strides", strides, persistent=False)
         self.register_buffer("primes", torch.tensor(_PRIMES[:in_channels], dtype=torch.long), persistent=False)
 
@@ -304,9 +307,7 @@ class ProgressiveBandFrequency(nn.Module, Updateable):
         self.N_freqs = int(config["n_frequencies"])
         self.in_channels = self.n_input_dims = in_channels
         self.funcs = [torch.sin, torch.cos]
-        self.register_buffer(
-            "freq_bands", 2 ** torch.linspace(0, self.N_freqs - 1, self.N_freqs), persistent=False
-        )
+        self.register_buffer("freq_bands", 2 ** torch.linspace(0, self.N_freqs - 1, self.N_freqs), persistent=False)
         self.n_output_dims = self.in_channels * (len(self.funcs) * self.N_freqs)
         self.n_masking_step = int(config.get("n_masking_step", 0))
         self.register_buffer("mask", torch.ones(self.N_freqs), persistent=False)
@@ -403,7 +404,9 @@ class CompositeEncoding(nn.Module, Updateable):
     """An encoding, optionally with the raw input (mapped ``[0,1] -> [-1,1]``) prepended
     (``include_xyz``), as threestudio's ``CompositeEncoding``."""
 
-    def __init__(self, encoding: nn.Module, include_xyz: bool = False, xyz_scale: float = 2.0, xyz_offset: float = -1.0):
+    def __init__(
+        self, encoding: nn.Module, include_xyz: bool = False, xyz_scale: float = 2.0, xyz_offset: float = -1.0
+    ):
         super().__init__()
         self.encoding = encoding
         self.include_xyz, self.xyz_scale, self.xyz_offset = include_xyz, xyz_scale, xyz_offset
@@ -433,17 +436,37 @@ def get_encoding(n_input_dims: int, config: Any) -> CompositeEncoding:
     config = dict(to_primitive(config))
     otype = config.get("otype")
     if otype in ("HashGrid", "Grid"):
-        _check_keys(config, _HASHGRID_KEYS, f"{otype} encoding",
-                    ("n_levels", "n_features_per_level", "log2_hashmap_size", "base_resolution", "per_level_scale"))
+        _check_keys(
+            config,
+            _HASHGRID_KEYS,
+            f"{otype} encoding",
+            ("n_levels", "n_features_per_level", "log2_hashmap_size", "base_resolution", "per_level_scale"),
+        )
         encoding: nn.Module = HashGrid(n_input_dims, config)
     elif otype == "ProgressiveBandHashGrid":
-        _check_keys(config, _HASHGRID_KEYS | _PROGRESSIVE_KEYS, "ProgressiveBandHashGrid encoding",
-                    ("n_levels", "n_features_per_level", "log2_hashmap_size", "base_resolution",
-                     "per_level_scale", "start_level", "start_step", "update_steps"))
+        _check_keys(
+            config,
+            _HASHGRID_KEYS | _PROGRESSIVE_KEYS,
+            "ProgressiveBandHashGrid encoding",
+            (
+                "n_levels",
+                "n_features_per_level",
+                "log2_hashmap_size",
+                "base_resolution",
+                "per_level_scale",
+                "start_level",
+                "start_step",
+                "update_steps",
+            ),
+        )
         encoding = ProgressiveBandHashGrid(n_input_dims, config)
     elif otype == "ProgressiveBandFrequency":
-        _check_keys(config, _COMMON_ENCODING_KEYS | {"n_frequencies", "n_masking_step"},
-                    "ProgressiveBandFrequency encoding", ("n_frequencies",))
+        _check_keys(
+            config,
+            _COMMON_ENCODING_KEYS | {"n_frequencies", "n_masking_step"},
+            "ProgressiveBandFrequency encoding",
+            ("n_frequencies",),
+        )
         encoding = ProgressiveBandFrequency(n_input_dims, config)
     elif otype == "Frequency":
         _check_keys(config, _COMMON_ENCODING_KEYS | {"n_frequencies"}, "Frequency encoding", ("n_frequencies",))

@@ -51,7 +51,7 @@ def load_module_weights(
         state = {k: v for k, v in state.items() if not any(k.startswith(m + ".") for m in ignore_modules)}
     if module_name is not None:
         prefix = module_name + "."
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return state, ckpt["epoch"], ckpt["global_step"]
 
 
@@ -99,8 +99,10 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
     def create_loggers(self, cfg_loggers: Any) -> None:
         for name, block in (to_primitive(cfg_loggers) or {}).items():
             if isinstance(block, dict) and block.get("enable", False):
-                warn(f"system.loggers.{name} is not supported by the built-in runtime and is ignored "
-                     "(CSV and TensorBoard logs are written under the trial dir)")
+                warn(
+                    f"system.loggers.{name} is not supported by the built-in runtime and is ignored "
+                    "(CSV and TensorBoard logs are written under the trial dir)"
+                )
 
     def configure(self) -> None:
         """Build sub-modules (override)."""
@@ -141,7 +143,7 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         Raises:
             ConfigError: ``system.loss`` has no ``lambda_<x>``; the message names it.
         """
-        key = "lambda_" + (loss_name[len("loss_"):] if loss_name.startswith("loss_") else loss_name)
+        key = "lambda_" + (loss_name[len("loss_") :] if loss_name.startswith("loss_") else loss_name)
         if key not in self.cfg.loss:
             known = ", ".join(sorted(self.cfg.loss)) or "none"
             raise ConfigError(

@@ -77,9 +77,9 @@ class DreamFusion(BaseLift3DSystem):
                     "system.loss.lambda_orient > 0 needs normals, but the renderer output has no 'normal' "
                     "(set system.geometry.normal_type, or lambda_orient: 0)"
                 )
-            loss_orient = (
-                out["weights"].detach() * dot(out["normal"], out["t_dirs"]).clamp_min(0.0) ** 2
-            ).sum() / (out["opacity"] > 0).sum().clamp_min(1)
+            loss_orient = (out["weights"].detach() * dot(out["normal"], out["t_dirs"]).clamp_min(0.0) ** 2).sum() / (
+                out["opacity"] > 0
+            ).sum().clamp_min(1)
             self.log("train/loss_orient", loss_orient)
             loss = loss + loss_orient * self._regulariser_weight("orient")
 
@@ -115,15 +115,22 @@ class DreamFusion(BaseLift3DSystem):
     def _eval_grid(self, out: Dict[str, Any]) -> list:
         cols = [{"type": "rgb", "img": out["comp_rgb"][0], "kwargs": {"data_format": "HWC"}}]
         if "comp_normal" in out:
-            cols.append({"type": "rgb", "img": out["comp_normal"][0], "kwargs": {"data_format": "HWC", "data_range": (0, 1)}})
-        cols.append({"type": "grayscale", "img": out["opacity"][0, :, :, 0], "kwargs": {"cmap": None, "data_range": (0, 1)}})
+            cols.append(
+                {"type": "rgb", "img": out["comp_normal"][0], "kwargs": {"data_format": "HWC", "data_range": (0, 1)}}
+            )
+        cols.append(
+            {"type": "grayscale", "img": out["opacity"][0, :, :, 0], "kwargs": {"cmap": None, "data_range": (0, 1)}}
+        )
         return cols
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         out = self(batch)
         index = int(batch["index"][0])
         self.save_image_grid(
-            f"it{self.true_global_step}-{index}.png", self._eval_grid(out), name="validation_step", step=self.true_global_step
+            f"it{self.true_global_step}-{index}.png",
+            self._eval_grid(out),
+            name="validation_step",
+            step=self.true_global_step,
         )
 
     def on_validation_epoch_end(self) -> None:
@@ -133,7 +140,10 @@ class DreamFusion(BaseLift3DSystem):
         out = self(batch)
         index = int(batch["index"][0])
         self.save_image_grid(
-            f"it{self.true_global_step}-test/{index}.png", self._eval_grid(out), name="test_step", step=self.true_global_step
+            f"it{self.true_global_step}-test/{index}.png",
+            self._eval_grid(out),
+            name="test_step",
+            step=self.true_global_step,
         )
 
     def on_test_epoch_end(self) -> None:

@@ -19,9 +19,7 @@ def getattr_recursive(module: Any, path: str) -> Any:
     """``getattr`` along a dotted path (``"geometry.encoding"``)."""
     for name in path.split("."):
         if not hasattr(module, name):
-            raise ConfigError(
-                f"optimizer.params: {type(module).__name__} has no attribute {name!r} (from {path!r})"
-            )
+            raise ConfigError(f"optimizer.params: {type(module).__name__} has no attribute {name!r} (from {path!r})")
         module = getattr(module, name)
     return module
 

@@ -98,7 +98,7 @@ class BaseModule(nn.Module, Updateable):
             path, module_name = self.cfg.weights.split(":")
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
             prefix = module_name + "."
-            state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
             self.load_state_dict(state)
             self.do_update_step(ckpt["epoch"], ckpt["global_step"], on_load_weights=True)
         self.register_buffer("_dummy", torch.zeros(0).float(), persistent=False)

@@ -45,9 +45,7 @@ def scale_tensor(
     if tgt_scale is None:
         tgt_scale = (0, 1)
     if isinstance(tgt_scale, Tensor) and dat.shape[-1] != tgt_scale.shape[-1]:
-        raise ValueError(
-            f"scale_tensor: data has {dat.shape[-1]} channels, target scale {tuple(tgt_scale.shape)}"
-        )
+        raise ValueError(f"scale_tensor: data has {dat.shape[-1]} channels, target scale {tuple(tgt_scale.shape)}")
     dat = (dat - inp_scale[0]) / (inp_scale[1] - inp_scale[0])
     return dat * (tgt_scale[1] - tgt_scale[0]) + tgt_scale[0]
 
@@ -156,9 +154,7 @@ def chunk_batch(func: Callable, chunk_size: int, *args, **kwargs) -> Any:
             chunk_length = len(out_chunk)
             out_chunk = dict(enumerate(out_chunk))
         elif not isinstance(out_chunk, dict):
-            raise TypeError(
-                f"chunk_batch: func must return a Tensor, list, tuple or dict, got {type(out_chunk)}"
-            )
+            raise TypeError(f"chunk_batch: func must return a Tensor, list, tuple or dict, got {type(out_chunk)}")
         for k, v in out_chunk.items():
             if isinstance(v, Tensor) and not torch.is_grad_enabled():
                 v = v.detach()
@@ -289,7 +285,9 @@ def get_rays(
     return rays_o, rays_d
 
 
-def get_projection_matrix(fovy: Float[Tensor, "B"], aspect_wh: float, near: float, far: float) -> Float[Tensor, "B 4 4"]:
+def get_projection_matrix(
+    fovy: Float[Tensor, " B"], aspect_wh: float, near: float, far: float
+) -> Float[Tensor, "B 4 4"]:
     """OpenGL perspective projection (y flipped, as threestudio does for nvdiffrast).
 
     Args:

@@ -69,7 +69,9 @@ class SaverMixin:
         raise TypeError(f"Data must be a numpy array, tensor, list or dict, got {type(data).__name__}")
 
     # ---- image conversion -------------------------------------------------------------------
-    def get_rgb_image_(self, img: Any, data_format: str, data_range: Tuple[float, float], rgba: bool = False) -> np.ndarray:
+    def get_rgb_image_(
+        self, img: Any, data_format: str, data_range: Tuple[float, float], rgba: bool = False
+    ) -> np.ndarray:
         """Float image in ``data_range`` to uint8 RGB(A); extra channels tile to the right."""
         img = self.convert_data(img)
         if data_format not in ("CHW", "HWC"):
@@ -89,7 +91,9 @@ class SaverMixin:
             tiles.append(tile)
         return np.concatenate(tiles, axis=1)
 
-    def get_grayscale_image_(self, img: Any, data_range: Optional[Tuple[float, float]], cmap: Optional[str]) -> np.ndarray:
+    def get_grayscale_image_(
+        self, img: Any, data_range: Optional[Tuple[float, float]], cmap: Optional[str]
+    ) -> np.ndarray:
         """Scalar image to uint8 RGB, optionally through a colour map (``jet``, ``magma``, ``spectral``)."""
         img = np.nan_to_num(self.convert_data(img).astype(np.float32))
         if data_range is None:
@@ -244,7 +248,9 @@ class SaverMixin:
         import trimesh
 
         path = self.get_save_path(filename)
-        trimesh.Trimesh(vertices=self.convert_data(v_pos), faces=self.convert_data(t_pos_idx), process=False).export(path)
+        trimesh.Trimesh(vertices=self.convert_data(v_pos), faces=self.convert_data(t_pos_idx), process=False).export(
+            path
+        )
         return path
 
     def save_obj(
@@ -306,7 +312,10 @@ class SaverMixin:
         if save_vertex_color:
             colors = (np.clip(self.convert_data(mesh.v_rgb), 0, 1) * 255).astype(np.uint8)
         tm = trimesh.Trimesh(
-            vertices=self.convert_data(mesh.v_pos), faces=self.convert_data(mesh.t_pos_idx), vertex_colors=colors, process=False
+            vertices=self.convert_data(mesh.v_pos),
+            faces=self.convert_data(mesh.t_pos_idx),
+            vertex_colors=colors,
+            process=False,
         )
         path = self.get_save_path(filename)
         tm.export(path)

@@ -38,7 +38,7 @@ class SolidColorBackground(BaseBackground):
             raise ValueError(
                 f"solid-color-background: color has {color.numel()} values but n_output_dims is {self.cfg.n_output_dims}"
             )
-        self.env_color: Float[Tensor, "Nc"]
+        self.env_color: Float[Tensor, " Nc"]
         if self.cfg.learned:
             self.env_color = nn.Parameter(color)
         else:

@@ -62,7 +62,9 @@ class MeshExporter(Exporter):
         geometry = self.geometry
         if callable(getattr(geometry, "isosurface", None)):
             return geometry.isosurface()
-        if not (callable(getattr(geometry, "forward_field", None)) and callable(getattr(geometry, "forward_level", None))):
+        if not (
+            callable(getattr(geometry, "forward_field", None)) and callable(getattr(geometry, "forward_level", None))
+        ):
             raise TypeError(
                 f"mesh-exporter: geometry {type(geometry).__name__} has neither isosurface() nor "
                 "forward_field()/forward_level(), so no mesh can be extracted"

@@ -11,7 +11,7 @@ from ddpo3d.lite.models.isosurface import IsosurfaceHelper, MarchingCubeCPUHelpe
 from ddpo3d.lite.models.mesh import Mesh
 from ddpo3d.lite.utils.base import BaseModule
 from ddpo3d.lite.utils.ops import chunk_batch, scale_tensor
-from ddpo3d.utils.typing import Any, DictConfig, Dict, Float, Optional, Tensor, Tuple, Union
+from ddpo3d.utils.typing import Any, Dict, DictConfig, Float, Optional, Tensor, Tuple, Union
 
 
 def contract_to_unisphere(
@@ -100,7 +100,9 @@ class BaseImplicitGeometry(BaseGeometry):
     def forward(self, points: Float[Tensor, "*N Di"], output_normal: bool = False) -> Dict[str, Float[Tensor, "..."]]:
         raise NotImplementedError
 
-    def forward_field(self, points: Float[Tensor, "*N Di"]) -> Tuple[Float[Tensor, "*N 1"], Optional[Float[Tensor, "*N 3"]]]:
+    def forward_field(
+        self, points: Float[Tensor, "*N Di"]
+    ) -> Tuple[Float[Tensor, "*N 1"], Optional[Float[Tensor, "*N 3"]]]:
         """The implicit field (density / SDF) and an optional grid deformation."""
         raise NotImplementedError
 

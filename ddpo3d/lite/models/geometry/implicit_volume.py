@@ -11,7 +11,7 @@ import ddpo3d.lite as threestudio
 from ddpo3d.lite.models.geometry.base import BaseGeometry, BaseImplicitGeometry, contract_to_unisphere
 from ddpo3d.lite.models.networks import get_encoding, get_mlp
 from ddpo3d.lite.utils.ops import get_activation
-from ddpo3d.utils.typing import Any, DictConfig, Dict, Float, Optional, Tensor, Tuple, Union
+from ddpo3d.utils.typing import Any, Dict, DictConfig, Float, Optional, Tensor, Tuple, Union
 
 _NORMAL_TYPES = ("analytic", "finite_difference", "finite_difference_laplacian", "pred")
 
@@ -74,9 +74,7 @@ class ImplicitVolume(BaseImplicitGeometry):
         super().configure()
         bias = self.cfg.density_bias
         if isinstance(bias, str) and bias not in ("blob_magic3d", "blob_dreamfusion"):
-            raise ValueError(
-                f"Unknown density_bias {bias!r}: use a number, 'blob_magic3d' or 'blob_dreamfusion'"
-            )
+            raise ValueError(f"Unknown density_bias {bias!r}: use a number, 'blob_magic3d' or 'blob_dreamfusion'")
         if self.cfg.normal_type is not None and self.cfg.normal_type not in _NORMAL_TYPES:
             raise ValueError(f"Unknown normal_type {self.cfg.normal_type!r}: use one of {', '.join(_NORMAL_TYPES)}")
         get_activation(self.cfg.density_activation)  # fail early on a bad name
@@ -192,7 +190,9 @@ class ImplicitVolume(BaseImplicitGeometry):
         _, density = self.get_activated_density(points_unscaled, density)
         return density
 
-    def forward_field(self, points: Float[Tensor, "*N Di"]) -> Tuple[Float[Tensor, "*N 1"], Optional[Float[Tensor, "*N 3"]]]:
+    def forward_field(
+        self, points: Float[Tensor, "*N Di"]
+    ) -> Tuple[Float[Tensor, "*N 1"], Optional[Float[Tensor, "*N 3"]]]:
         if self.cfg.isosurface_deformable_grid:
             threestudio.warn(f"{self.__class__.__name__} does not support isosurface_deformable_grid. Ignoring.")
         return self.forward_density(points), None

@@ -1,2 +1,4 @@
-from ddpo3d.lite.models.guidance import stable_diffusion_guidance  # noqa: F401
-from ddpo3d.lite.models.guidance import deep_floyd_guidance  # noqa: F401
+from ddpo3d.lite.models.guidance import (
+    deep_floyd_guidance,  # noqa: F401
+    stable_diffusion_guidance,  # noqa: F401
+)

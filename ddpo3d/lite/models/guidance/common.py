@@ -115,7 +115,10 @@ def sds_outputs(out: Any, min_step: int, max_step: int) -> Dict[str, Any]:
 
 
 def eval_texts(
-    noise_levels: List[float], elevation: Float[Tensor, "B"], azimuth: Float[Tensor, "B"], camera_distances: Float[Tensor, "B"]
+    noise_levels: List[float],
+    elevation: Float[Tensor, " B"],
+    azimuth: Float[Tensor, " B"],
+    camera_distances: Float[Tensor, " B"],
 ) -> List[str]:
     """threestudio's caption per previewed item: noise level, elevation, azimuth, distance.
 
@@ -133,8 +136,8 @@ def eval_texts(
 
 
 def eval_timesteps(
-    scheduler: Any, t_orig: Int[Tensor, "B"], batch_size: int, max_items_eval: int, device: torch.device
-) -> Tuple[int, Int[Tensor, "b"], Int[Tensor, "b"], List[float]]:
+    scheduler: Any, t_orig: Int[Tensor, " B"], batch_size: int, max_items_eval: int, device: torch.device
+) -> Tuple[int, Int[Tensor, " b"], Int[Tensor, " b"], List[float]]:
     """Set ``scheduler`` to 50 steps and find, per previewed item, the first of them not larger than ``t``.
 
     Args:
@@ -161,8 +164,8 @@ def eval_timesteps(
 def denoise_previews(
     scheduler: Any,
     noise_pred: Tensor,
-    t: Int[Tensor, "b"],
-    idxs: Int[Tensor, "b"],
+    t: Int[Tensor, " b"],
+    idxs: Int[Tensor, " b"],
     latents_noisy: Tensor,
     text_embeddings: Tensor,
     n: int,
@@ -232,7 +235,7 @@ class DiffusersGuidanceMixin:
         self.scheduler = scheduler
         self.num_train_timesteps = scheduler.config.num_train_timesteps
         self.set_min_max_steps()
-        self.alphas: Float[Tensor, "T"] = scheduler.alphas_cumprod.to(self.device)
+        self.alphas: Float[Tensor, " T"] = scheduler.alphas_cumprod.to(self.device)
         self.grad_clip_val: Optional[float] = None
 
     def build_sds(self, **extra: Any) -> SDS:
@@ -253,9 +256,9 @@ class DiffusersGuidanceMixin:
         self,
         latents: Float[Tensor, "B C h w"],
         prompt_utils: Any,
-        elevation: Float[Tensor, "B"],
-        azimuth: Float[Tensor, "B"],
-        camera_distances: Float[Tensor, "B"],
+        elevation: Float[Tensor, " B"],
+        azimuth: Float[Tensor, " B"],
+        camera_distances: Float[Tensor, " B"],
     ) -> Tuple[Any, Float[Tensor, "BB N Nf"]]:
         """One SDS estimate (DreamFusion eq. 3 with the target trick, see
         :mod:`ddpo3d.objectives.sds`) at ``t ~ U{min_step, ..., max_step}``.
@@ -282,9 +285,9 @@ class DiffusersGuidanceMixin:
         guidance_out: Dict[str, Any],
         out: Any,
         text_embeddings: Tensor,
-        elevation: Float[Tensor, "B"],
-        azimuth: Float[Tensor, "B"],
-        camera_distances: Float[Tensor, "B"],
+        elevation: Float[Tensor, " B"],
+        azimuth: Float[Tensor, " B"],
+        camera_distances: Float[Tensor, " B"],
     ) -> None:
         """Put ``self.guidance_eval``'s previews of ``out`` (with captions) under ``guidance_out["eval"]``."""
         eval_out = self.guidance_eval(out.t, text_embeddings, out.x_t, out.eps_pred)

@@ -135,9 +135,9 @@ class DeepFloydGuidance(DiffusersGuidanceMixin, BaseObject):
         self,
         rgb: Float[Tensor, "B H W C"],
         prompt_utils: PromptProcessorOutput,
-        elevation: Float[Tensor, "B"],
-        azimuth: Float[Tensor, "B"],
-        camera_distances: Float[Tensor, "B"],
+        elevation: Float[Tensor, " B"],
+        azimuth: Float[Tensor, " B"],
+        camera_distances: Float[Tensor, " B"],
         rgb_as_latents: bool = False,
         guidance_eval: bool = False,
         **kwargs,
@@ -157,7 +157,9 @@ class DeepFloydGuidance(DiffusersGuidanceMixin, BaseObject):
             resized pixels and on to ``rgb``.
         """
         if rgb_as_latents:
-            raise ValueError(f"rgb_as_latents=True: there is no latent space in {type(self).__name__} (IF is pixel space)")
+            raise ValueError(
+                f"rgb_as_latents=True: there is no latent space in {type(self).__name__} (IF is pixel space)"
+            )
         if getattr(prompt_utils, "use_perp_neg", False):
             raise NotImplementedError("Perp-Neg prompts are not supported by the built-in runtime")
         latents = self.encode_images(rgb.permute(0, 3, 1, 2))
@@ -185,7 +187,7 @@ class DeepFloydGuidance(DiffusersGuidanceMixin, BaseObject):
     @torch.no_grad()
     def guidance_eval(
         self,
-        t_orig: Int[Tensor, "B"],
+        t_orig: Int[Tensor, " B"],
         text_embeddings: Float[Tensor, "BB N Nf"],
         latents_noisy: Float[Tensor, "B 3 h w"],
         noise_pred: Float[Tensor, "B 3 h w"],

@@ -154,9 +154,9 @@ class StableDiffusionGuidance(DiffusersGuidanceMixin, BaseObject):
         self,
         rgb: Float[Tensor, "B H W C"],
         prompt_utils: PromptProcessorOutput,
-        elevation: Float[Tensor, "B"],
-        azimuth: Float[Tensor, "B"],
-        camera_distances: Float[Tensor, "B"],
+        elevation: Float[Tensor, " B"],
+        azimuth: Float[Tensor, " B"],
+        camera_distances: Float[Tensor, " B"],
         rgb_as_latents: bool = False,
         guidance_eval: bool = False,
         **kwargs,
@@ -178,9 +178,13 @@ class StableDiffusionGuidance(DiffusersGuidanceMixin, BaseObject):
             raise NotImplementedError("Perp-Neg prompts are not supported by the built-in runtime")
         batch_size = rgb.shape[0]
         rgb_BCHW = rgb.permute(0, 3, 1, 2)
-        rgb_BCHW_native = F.interpolate(rgb_BCHW, (self.resolution, self.resolution), mode="bilinear", align_corners=False)
+        rgb_BCHW_native = F.interpolate(
+            rgb_BCHW, (self.resolution, self.resolution), mode="bilinear", align_corners=False
+        )
         if rgb_as_latents:
-            latents = F.interpolate(rgb_BCHW, (self.latent_size, self.latent_size), mode="bilinear", align_corners=False)
+            latents = F.interpolate(
+                rgb_BCHW, (self.latent_size, self.latent_size), mode="bilinear", align_corners=False
+            )
         else:
             latents = self.encode_images(rgb_BCHW_native)
 
@@ -194,7 +198,9 @@ class StableDiffusionGuidance(DiffusersGuidanceMixin, BaseObject):
             alpha, sigma = ab.sqrt(), (1 - ab).sqrt()
             with torch.no_grad():
                 image_denoised = self.decode_latents((out.x_t - sigma * out.eps_pred) / alpha)
-                image_denoised = F.interpolate(image_denoised, rgb_BCHW_native.shape[-2:], mode="bilinear", align_corners=False)
+                image_denoised = F.interpolate(
+                    image_denoised, rgb_BCHW_native.shape[-2:], mode="bilinear", align_corners=False
+                )
             grad_img = torch.nan_to_num(out.w * (rgb_BCHW_native - image_denoised) * alpha / sigma)
             if self.grad_clip_val is not None:
                 grad_img = grad_img.clamp(-self.grad_clip_val, self.grad_clip_val)
@@ -216,7 +222,7 @@ class StableDiffusionGuidance(DiffusersGuidanceMixin, BaseObject):
 
     @torch.no_grad()
     def guidance_eval(
-        self, t_orig: Int[Tensor, "B"], text_embeddings: Tensor, latents_noisy: Tensor, noise_pred: Tensor
+        self, t_orig: Int[Tensor, " B"], text_embeddings: Tensor, latents_noisy: Tensor, noise_pred: Tensor
     ) -> Dict[str, Any]:
         """Previews of what the guidance sees: the noisy input, one DDIM step, the one-step
         x0 estimate, and a full 50-step DDIM denoising (eta=1) from ``t``, for the first
@@ -226,8 +232,15 @@ class StableDiffusionGuidance(DiffusersGuidanceMixin, BaseObject):
         )
         imgs_noisy = self.decode_latents(latents_noisy[:bs]).permute(0, 2, 3, 1)
         latents_1step, pred_1orig, latents_final = denoise_previews(
-            self.scheduler, noise_pred, t, idxs, latents_noisy, text_embeddings,
-            text_embeddings.shape[0] // 2, self.get_noise_pred, eta=1,
+            self.scheduler,
+            noise_pred,
+            t,
+            idxs,
+            latents_noisy,
+            text_embeddings,
+            text_embeddings.shape[0] // 2,
+            self.get_noise_pred,
+            eta=1,
         )
         imgs_1step = self.decode_latents(latents_1step).permute(0, 2, 3, 1)
         imgs_1orig = self.decode_latents(pred_1orig).permute(0, 2, 3, 1)

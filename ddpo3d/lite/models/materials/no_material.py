@@ -47,7 +47,9 @@ class NoMaterial(BaseMaterial):
                     f"{features.shape[-1]}; set input_feature_dims and mlp_network_config to map them"
                 )
             return get_activation(self.cfg.color_activation)(features)
-        color = self.network(features.reshape(-1, features.shape[-1])).view(*features.shape[:-1], self.cfg.n_output_dims)
+        color = self.network(features.reshape(-1, features.shape[-1])).view(
+            *features.shape[:-1], self.cfg.n_output_dims
+        )
         return get_activation(self.cfg.color_activation)(color)
 
     def export(self, features: Float[Tensor, "*N Nf"], **kwargs) -> Dict[str, Any]:

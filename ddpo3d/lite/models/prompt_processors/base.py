@@ -40,7 +40,9 @@ def download_allowed() -> bool:
     ``HF_HUB_OFFLINE``). Off by default: weights come from disk only."""
     from ddpo3d.weights import hf_offline
 
-    return os.environ.get("DDPO3D_ALLOW_DOWNLOAD", "").strip().lower() in {"1", "true", "yes", "on"} and not hf_offline()
+    return (
+        os.environ.get("DDPO3D_ALLOW_DOWNLOAD", "").strip().lower() in {"1", "true", "yes", "on"} and not hf_offline()
+    )
 
 
 def resolve_pretrained(name_or_path: str, what: str, required_file: str = "model_index.json") -> Tuple[str, bool]:
@@ -132,7 +134,7 @@ class PromptProcessorOutput:
     prompts_vd: List[str]
 
     def get_direction_idx(
-        self, elevation: Float[Tensor, "B"], azimuth: Float[Tensor, "B"], camera_distances: Float[Tensor, "B"]
+        self, elevation: Float[Tensor, " B"], azimuth: Float[Tensor, " B"], camera_distances: Float[Tensor, " B"]
     ) -> Tensor:
         """Index into ``directions`` per camera; later directions override earlier ones
         (side is the default, then front, back, overhead)."""
@@ -143,9 +145,9 @@ class PromptProcessorOutput:
 
     def get_text_embeddings(
         self,
-        elevation: Float[Tensor, "B"],
-        azimuth: Float[Tensor, "B"],
-        camera_distances: Float[Tensor, "B"],
+        elevation: Float[Tensor, " B"],
+        azimuth: Float[Tensor, " B"],
+        camera_distances: Float[Tensor, " B"],
         view_dependent_prompting: bool = True,
     ) -> Float[Tensor, "BB N Nf"]:
         """``cat([cond, uncond], 0)`` for a batch of cameras (NB: cond first, as threestudio)."""
@@ -161,9 +163,9 @@ class PromptProcessorOutput:
 
     def get_prompts(
         self,
-        elevation: Float[Tensor, "B"],
-        azimuth: Float[Tensor, "B"],
-        camera_distances: Float[Tensor, "B"],
+        elevation: Float[Tensor, " B"],
+        azimuth: Float[Tensor, " B"],
+        camera_distances: Float[Tensor, " B"],
         view_dependent_prompting: bool = True,
     ) -> List[str]:
         """The prompt string per camera (the view-dependent one when enabled). Our addition."""
@@ -273,7 +275,9 @@ class PromptProcessor(BaseObject):
             return (shift_azimuth_deg(azi) > -c.front_threshold) & (shift_azimuth_deg(azi) < c.front_threshold)
 
         def back(ele, azi, dis):
-            return (shift_azimuth_deg(azi) > 180 - c.back_threshold) | (shift_azimuth_deg(azi) < -180 + c.back_threshold)
+            return (shift_azimuth_deg(azi) > 180 - c.back_threshold) | (
+                shift_azimuth_deg(azi) < -180 + c.back_threshold
+            )
 
         def overhead(ele, azi, dis):
             return ele > c.overhead_threshold
@@ -282,11 +286,19 @@ class PromptProcessor(BaseObject):
             return torch.ones_like(ele, dtype=torch.bool)
 
         if c.view_dependent_prompt_front:
-            fmt = {"side": "side view of {}", "front": "front view of {}", "back": "backside view of {}",
-                   "overhead": "overhead view of {}"}
+            fmt = {
+                "side": "side view of {}",
+                "front": "front view of {}",
+                "back": "backside view of {}",
+                "overhead": "overhead view of {}",
+            }
         else:
-            fmt = {"side": "{}, side view", "front": "{}, front view", "back": "{}, back view",
-                   "overhead": "{}, overhead view"}
+            fmt = {
+                "side": "{}, side view",
+                "front": "{}, front view",
+                "back": "{}, back view",
+                "overhead": "{}, overhead view",
+            }
         conds = {"side": side, "front": front, "back": back, "overhead": overhead}
         # order matters: side is the fallback, later entries override earlier ones
         self.directions: List[DirectionConfig] = [
@@ -297,7 +309,7 @@ class PromptProcessor(BaseObject):
 
         self.prompt_library = {}
         if os.path.exists("load/prompt_library.json"):
-            with open("load/prompt_library.json", "r") as f:
+            with open("load/prompt_library.json") as f:
                 self.prompt_library = json.load(f)
         self.prompt = self.preprocess_prompt(c.prompt)
         self.negative_prompt = c.negative_prompt

@@ -57,7 +57,9 @@ class StableDiffusionPromptProcessor(EncoderPromptProcessor):
     cfg: Config
 
     def configure_text_encoder(self) -> None:
-        self.tokenizer, self.text_encoder = _load_tokenizer_and_encoder(self.cfg.pretrained_model_name_or_path, self.device)
+        self.tokenizer, self.text_encoder = _load_tokenizer_and_encoder(
+            self.cfg.pretrained_model_name_or_path, self.device
+        )
 
     def encode_prompts(self, prompts: List[str]) -> Float[Tensor, "B 77 D"]:
         return _encode_clip(self.tokenizer, self.text_encoder, prompts, self.device)

@@ -162,9 +162,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
         t_dirs = rays_d[ray_indices]
         t_light = light_positions[ray_indices]
         geo_out = self.geometry(positions, output_normal=self.material.requires_normal)
-        rgb_fg_all = self.material(
-            viewdirs=t_dirs, positions=positions, light_positions=t_light, **geo_out, **kwargs
-        )
+        rgb_fg_all = self.material(viewdirs=t_dirs, positions=positions, light_positions=t_light, **geo_out, **kwargs)
 
         def dense(values: Tensor) -> Tensor:
             """Packed per-sample values -> [Nr, Ns, C], zeros at dropped samples."""

@@ -14,7 +14,7 @@ from ddpo3d.utils.typing import Float, Optional, Tensor, Tuple
 
 def ray_aabb_intersect(
     rays_o: Float[Tensor, "Nr 3"], rays_d: Float[Tensor, "Nr 3"], aabb: Float[Tensor, "2 3"]
-) -> Tuple[Float[Tensor, "Nr"], Float[Tensor, "Nr"]]:
+) -> Tuple[Float[Tensor, " Nr"], Float[Tensor, " Nr"]]:
     """Entry and exit distances of rays through an axis-aligned box (slab method,
     Kay & Kajiya 1986). A miss gives ``t_near > t_far``.
 
@@ -36,7 +36,7 @@ def ray_segments(
     aabb: Float[Tensor, "2 3"],
     near_plane: float = 0.0,
     far_plane: float = 1e10,
-) -> Tuple[Float[Tensor, "Nr"], Float[Tensor, "Nr"]]:
+) -> Tuple[Float[Tensor, " Nr"], Float[Tensor, " Nr"]]:
     """The part ``[near, far]`` of each ray inside the box and the near/far planes;
     rays that miss get ``near == far`` (a zero-length segment: no contribution)."""
     t_near, t_far = ray_aabb_intersect(rays_o, rays_d, aabb)
@@ -47,7 +47,7 @@ def ray_segments(
 
 
 def stratified_samples(
-    near: Float[Tensor, "Nr"], far: Float[Tensor, "Nr"], n_samples: int, randomized: bool
+    near: Float[Tensor, " Nr"], far: Float[Tensor, " Nr"], n_samples: int, randomized: bool
 ) -> Tuple[Float[Tensor, "Nr Ns"], Float[Tensor, "Nr Ns"], Float[Tensor, "Nr Ns"]]:
     """Split ``[near, far]`` into ``n_samples`` equal bins and place one sample per bin,
     uniformly at random inside it when ``randomized`` (NeRF's stratified sampling,
@@ -110,7 +110,9 @@ def sample_pdf(
     return (bin_lo + frac.clamp(0, 1) * (bin_hi - bin_lo)).detach()
 
 
-def accumulate(weights: Float[Tensor, "Nr Ns"], values: Optional[Float[Tensor, "Nr Ns C"]] = None) -> Float[Tensor, "Nr C"]:
+def accumulate(
+    weights: Float[Tensor, "Nr Ns"], values: Optional[Float[Tensor, "Nr Ns C"]] = None
+) -> Float[Tensor, "Nr C"]:
     """``sum_i w_i v_i`` along each ray (``values=None``: ``sum_i w_i``, the opacity)."""
     if values is None:
         return weights.sum(-1, keepdim=True)
