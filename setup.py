@@ -24,8 +24,9 @@ setup(
     install_requires=_requirements(),
     extras_require={
         # CUDA rasterizer for Gaussian splats (pure Python install; its kernels JIT-compile on CUDA)
-        "gsplat": ["gsplat==1.5.3"],
-        "dev": ["pytest", "pytest-xdist", "ruff==0.17.5"],
+        "gsplat": ["gsplat>=1.5.3"],
+        # exact versions (ruff's formatting changes between releases) are in constraints.txt
+        "dev": ["pytest", "pytest-xdist", "ruff"],
     },
     entry_points={
         "console_scripts": ["ddpo3d-eval=ddpo3d.eval.__main__:main"],

@@ -17,15 +17,27 @@ ROOT = Path(__file__).resolve().parents[1]
 EXT_CONFIGS = sorted((ROOT / "custom" / "threestudio-ddpo3d" / "configs").glob("*.yaml"))
 
 
+class _TinyModels(dict):
+    """The tiny local models, each built on first use (the IF pipeline only for IF configs)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, key: str) -> str:
+        builders = {
+            "sd": lambda: build_tiny_sd_pipeline(str(self.root / "tiny-sd")),
+            "if": lambda: build_tiny_if_pipeline(str(self.root / "tiny-if")),
+            "head": lambda: write_aesthetic_head(str(self.root / "head.pth")),
+        }
+        self[key] = builders[key]()
+        return self[key]
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
     register_tiny_clip()
-    return {
-        "sd": build_tiny_sd_pipeline(str(root / "tiny-sd")),
-        "if": build_tiny_if_pipeline(str(root / "tiny-if")),
-        "head": write_aesthetic_head(str(root / "head.pth")),
-    }
+    return _TinyModels(tmp_path_factory.mktemp("tiny"))
 
 
 def reduced_overrides(tiny, config: Path, out: Path) -> list:

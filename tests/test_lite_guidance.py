@@ -84,7 +84,10 @@ def test_update_step_schedules_and_grad_clip(guidance, prompt_utils):
     # per-element clipping bounds the SDS gradient: |grad| <= clip  =>  ||grad|| <= clip * sqrt(numel)
     numel = 4 * 32 * 32
     assert out["grad_norm"] <= 1.25 * numel**0.5 + 1e-4
-    guidance.cfg.min_step_percent = [0, 0.5, 0.25, 100]
+    # a number, as threestudio types it (the ddpo3d- guidances widen it to a schedule)
+    with pytest.raises(Exception, match="min_step_percent"):
+        guidance.cfg.min_step_percent = [0, 0.5, 0.25, 100]
+    guidance.cfg.min_step_percent = 0.25
     guidance.update_step(0, 100)
     assert guidance.min_step == 250
     guidance.cfg.min_step_percent = 0.02

@@ -19,6 +19,9 @@ from ddpo3d.lite.experiment import load_config
 from ddpo3d.lite.trainer import run_experiment
 from ddpo3d.utils.config import ConfigError
 
+# threestudio's exporter defaults (obj-mtl with UVs) need xatlas / nvdiffrast; the runtime writes plain OBJ
+OBJ_EXPORT = ("system.exporter.fmt=obj", "system.exporter.save_uv=false")
+
 
 def _cfg(tmp_path, max_steps=3, overrides=(), **system):
     return load_config(
@@ -116,7 +119,12 @@ def test_missing_lambda_for_a_returned_loss_is_a_clear_error(tmp_path):
 
 
 def test_orient_without_normals_is_a_clear_error(tmp_path):
-    cfg = _cfg(tmp_path, max_steps=1, renderer={"with_normals": False}, loss={"lambda_sds": 1.0, "lambda_orient": 1.0})
+    cfg = _cfg(
+        tmp_path,
+        max_steps=1,
+        renderer={"with_normals": False},
+        loss={"lambda_sds": 1.0, "lambda_orient": 1.0, "lambda_sparsity": 0.0, "lambda_opaque": 0.0},
+    )
     with pytest.raises(ConfigError, match="normal"):
         run_experiment(cfg, "train")
 
@@ -155,7 +163,7 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path):
 def test_export_writes_a_mesh_with_vertex_colours(trained, tmp_path):
     cfg, _ = trained
     ckpt = os.path.join(cfg.trial_dir, "ckpts", "last.ckpt")
-    ecfg = _cfg(tmp_path, overrides=[f"resume={ckpt}"])
+    ecfg = _cfg(tmp_path, overrides=[f"resume={ckpt}", *OBJ_EXPORT])
     result = run_experiment(ecfg, "export")
     path = os.path.join(ecfg.trial_dir, "save", "it3-export", "model.obj")
     import trimesh
@@ -173,12 +181,16 @@ def test_export_writes_a_mesh_with_vertex_colours(trained, tmp_path):
 def test_export_ply_and_unsupported_formats(trained, tmp_path):
     cfg, _ = trained
     ckpt = os.path.join(cfg.trial_dir, "ckpts", "last.ckpt")
-    ecfg = _cfg(tmp_path, overrides=[f"resume={ckpt}", "system.exporter.fmt=ply"])
+    ecfg = _cfg(tmp_path, overrides=[f"resume={ckpt}", "system.exporter.fmt=ply", "system.exporter.save_uv=false"])
     run_experiment(ecfg, "export")
     assert os.path.getsize(os.path.join(ecfg.trial_dir, "save", "it3-export", "model.ply")) > 0
-    bad = _cfg(tmp_path / "bad", overrides=[f"resume={ckpt}", "system.exporter.fmt=obj-mtl"])
-    with pytest.raises(ConfigError, match="obj-mtl"):
+    # threestudio's defaults (fmt obj-mtl, save_uv true) need xatlas / nvdiffrast: the error names the keys
+    bad = _cfg(tmp_path / "bad", overrides=[f"resume={ckpt}"])
+    with pytest.raises(ConfigError, match="obj-mtl.*system.exporter.fmt=obj system.exporter.save_uv=false"):
         run_experiment(bad, "export")
+    uv = _cfg(tmp_path / "uv", overrides=[f"resume={ckpt}", "system.exporter.fmt=obj"])
+    with pytest.raises(ConfigError, match="save_uv=false"):
+        run_experiment(uv, "export")
 
 
 def test_test_mode_reports_the_checkpoint_step(trained, tmp_path):
@@ -228,7 +240,8 @@ def test_export_obj_with_normals(trained, tmp_path):
     cfg, _ = trained
     ckpt = os.path.join(cfg.trial_dir, "ckpts", "last.ckpt")
     ecfg = _cfg(
-        tmp_path, overrides=[f"resume={ckpt}", "system.exporter.save_normal=true", "system.exporter.save_name=ball"]
+        tmp_path,
+        overrides=[f"resume={ckpt}", *OBJ_EXPORT, "system.exporter.save_normal=true", "system.exporter.save_name=ball"],
     )
     run_experiment(ecfg, "export")
     text = open(os.path.join(ecfg.trial_dir, "save", "it3-export", "ball.obj")).read().splitlines()

@@ -7,6 +7,7 @@ OmegaConf's ``from_cli`` syntax) and resolved (``${rmspace:...}`` and friends).
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from dataclasses import dataclass, field
@@ -49,7 +50,9 @@ def register_resolvers() -> None:
     for name, fn in RESOLVERS.items():
         if OmegaConf.has_resolver(name):
             continue
-        if hasattr(OmegaConf, "register_resolver"):  # omegaconf >= 2.4 (register_new_resolver deprecated)
+        # omegaconf >= 2.4: register_resolver(annotation_validation=...), register_new_resolver deprecated;
+        # omegaconf 2.3 (threestudio's pin) has only the legacy register_resolver (string arguments)
+        if "annotation_validation" in inspect.signature(getattr(OmegaConf, "register_resolver", len)).parameters:
             OmegaConf.register_resolver(name, fn, annotation_validation="off")
         else:
             OmegaConf.register_new_resolver(name, fn)

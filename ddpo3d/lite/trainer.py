@@ -14,6 +14,7 @@ keep start-up cheap.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
@@ -168,7 +169,8 @@ def run_experiment(
     """
     accelerator = choose_accelerator(gpu)
     set_device("cuda" if accelerator == "gpu" else "cpu")
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    quiet = {"verbose": False} if "verbose" in inspect.signature(pl.seed_everything).parameters else {}  # pl >= 2.2
+    pl.seed_everything(cfg.seed, workers=True, **quiet)
     if cfg.resume is not None and not os.path.isfile(cfg.resume):
         raise FileNotFoundError(f"resume checkpoint not found: {cfg.resume}")
     if not cfg.data_type:

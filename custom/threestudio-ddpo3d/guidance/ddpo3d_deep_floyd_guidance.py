@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ddpo3d.diffusion.unet import UNetNoisePredictor
 from ddpo3d.host import DeepFloydGuidance, register
+from ddpo3d.utils.typing import Any
 
 from .alignment import AlignmentConfig, RewardAlignmentMixin
 
@@ -23,7 +24,10 @@ class DDPO3DDeepFloydGuidance(RewardAlignmentMixin, DeepFloydGuidance):
 
     @dataclass
     class Config(DeepFloydGuidance.Config, AlignmentConfig):
-        pass
+        # widened from the base's float: a number or a schedule [start_step, start, end, end_step]
+        # (threestudio's C(), resolved in update_step on both hosts)
+        min_step_percent: Any = 0.02
+        max_step_percent: Any = 0.98
 
     cfg: Config
 

@@ -52,15 +52,15 @@ class RandomCameraDataModuleConfig:
     eval_batch_size: int = 1  # cameras per eval batch (threestudio only supports 1)
     n_val_views: int = 1  # validation turntable views
     n_test_views: int = 120  # test turntable views (frames of the video)
-    elevation_range: List[float] = field(default_factory=lambda: [-10, 90])  # training elevation range, degrees
-    azimuth_range: List[float] = field(default_factory=lambda: [-180, 180])  # training azimuth range, degrees
-    camera_distance_range: List[float] = field(default_factory=lambda: [1, 1.5])  # training camera distance range
-    fovy_range: List[float] = field(default_factory=lambda: [40, 70])  # training vertical field of view, degrees
+    elevation_range: Tuple[float, float] = (-10, 90)  # training elevation range, degrees
+    azimuth_range: Tuple[float, float] = (-180, 180)  # training azimuth range, degrees
+    camera_distance_range: Tuple[float, float] = (1, 1.5)  # training camera distance range
+    fovy_range: Tuple[float, float] = (40, 70)  # training vertical field of view, degrees
     camera_perturb: float = 0.1  # uniform jitter of camera position, +- this per axis
     center_perturb: float = 0.2  # std of Gaussian jitter of the look-at point
     up_perturb: float = 0.02  # std of Gaussian jitter of the up vector
     light_position_perturb: float = 1.0  # std of light direction noise ("dreamfusion")
-    light_distance_range: List[float] = field(default_factory=lambda: [0.8, 1.5])  # light distance from the origin
+    light_distance_range: Tuple[float, float] = (0.8, 1.5)  # light distance from the origin
     eval_elevation_deg: float = 15.0  # turntable elevation, degrees
     eval_camera_distance: float = 1.5  # turntable distance
     eval_fovy_deg: float = 70.0  # turntable vertical field of view, degrees

@@ -18,6 +18,9 @@ from ddpo3d.lite.utils.ops import binary_cross_entropy, dot
 from ddpo3d.utils.config import ConfigError
 from ddpo3d.utils.typing import Any, Dict
 
+#: loss weights threestudio's DreamFusion reads on every training step
+REQUIRED_LOSS_KEYS = ("lambda_orient", "lambda_sparsity", "lambda_opaque")
+
 
 @register("dreamfusion-system")
 class DreamFusion(BaseLift3DSystem):
@@ -34,7 +37,10 @@ class DreamFusion(BaseLift3DSystem):
     * ``z_variance`` (HiFA, Zhu et al. 2023): mean depth variance along rays with
       opacity > 0.5, when the renderer returns ``z_variance``.
 
-    Regulariser weights absent from ``system.loss`` are treated as disabled.
+    ``lambda_orient``, ``lambda_sparsity`` and ``lambda_opaque`` are required (0 disables a
+    term): threestudio reads them on every training step, so a config without them fails there;
+    here training stops before the first step with an error naming the missing keys.
+    ``lambda_z_variance`` is optional, as in threestudio.
     """
 
     @dataclass
@@ -50,6 +56,12 @@ class DreamFusion(BaseLift3DSystem):
         return {**self.renderer(**batch)}
 
     def on_fit_start(self) -> None:
+        missing = [k for k in REQUIRED_LOSS_KEYS if k not in self.cfg.loss]
+        if missing:
+            raise ConfigError(
+                f"{type(self).__name__} needs system.loss.{', system.loss.'.join(missing)}: threestudio reads "
+                f"{', '.join(REQUIRED_LOSS_KEYS)} on every training step (0 disables a term)"
+            )
         super().on_fit_start()
         # only needed for training, as in threestudio
         self.prompt_processor = find(self._require_type("prompt_processor_type"))(self.cfg.prompt_processor)
@@ -57,6 +69,8 @@ class DreamFusion(BaseLift3DSystem):
 
     def _regulariser_weight(self, name: str) -> float:
         key = f"lambda_{name}"
+        if key in REQUIRED_LOSS_KEYS:
+            return self.loss_weight(name)  # required: a missing key is an error naming it
         return self.C(self.cfg.loss[key]) if key in self.cfg.loss else 0.0
 
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, Any]:
@@ -83,16 +97,14 @@ class DreamFusion(BaseLift3DSystem):
             self.log("train/loss_orient", loss_orient)
             loss = loss + loss_orient * self._regulariser_weight("orient")
 
-        if "lambda_sparsity" in self.cfg.loss:
-            loss_sparsity = (out["opacity"] ** 2 + 0.01).sqrt().mean()
-            self.log("train/loss_sparsity", loss_sparsity)
-            loss = loss + loss_sparsity * self._regulariser_weight("sparsity")
+        loss_sparsity = (out["opacity"] ** 2 + 0.01).sqrt().mean()
+        self.log("train/loss_sparsity", loss_sparsity)
+        loss = loss + loss_sparsity * self._regulariser_weight("sparsity")
 
-        if "lambda_opaque" in self.cfg.loss:
-            opacity_clamped = out["opacity"].clamp(1.0e-3, 1.0 - 1.0e-3)
-            loss_opaque = binary_cross_entropy(opacity_clamped, opacity_clamped)
-            self.log("train/loss_opaque", loss_opaque)
-            loss = loss + loss_opaque * self._regulariser_weight("opaque")
+        opacity_clamped = out["opacity"].clamp(1.0e-3, 1.0 - 1.0e-3)
+        loss_opaque = binary_cross_entropy(opacity_clamped, opacity_clamped)
+        self.log("train/loss_opaque", loss_opaque)
+        loss = loss + loss_opaque * self._regulariser_weight("opaque")
 
         if "z_variance" in out and "lambda_z_variance" in self.cfg.loss:
             mask = out["opacity"] > 0.5

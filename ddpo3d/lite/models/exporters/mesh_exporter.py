@@ -1,8 +1,9 @@
 """``mesh-exporter``: marching cubes on the geometry's field, OBJ (vertex colours) or PLY.
 
-threestudio's exporter additionally unwraps UVs with xatlas and bakes textures with
-nvdiffrast (``fmt: obj-mtl``, its default); this runtime has neither, so its default is
-``fmt: obj`` with per-vertex albedo, and asking for ``obj-mtl`` or ``save_uv`` is an error.
+The config is threestudio's, defaults included (``fmt: obj-mtl``, ``save_uv: true``). threestudio
+unwraps UVs with xatlas and bakes textures with nvdiffrast for ``obj-mtl``; this runtime has
+neither, so it writes ``fmt: obj`` (per-vertex albedo) or ``ply`` and names the two keys to set
+(``system.exporter.fmt=obj system.exporter.save_uv=false``) when asked for ``obj-mtl`` or UVs.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ class MeshExporter(Exporter):
 
     @dataclass
     class Config(Exporter.Config):
-        fmt: str = "obj"  # "obj" (vertex colours) or "ply"; threestudio's "obj-mtl" is unsupported
+        fmt: str = "obj-mtl"  # threestudio's default; here "obj" (vertex colours) or "ply" (obj-mtl: error)
         save_name: str = "model"  # file name without extension
         save_normal: bool = False  # write vertex normals (OBJ only)
-        save_uv: bool = False  # UV unwrapping: unsupported here (needs xatlas)
+        save_uv: bool = True  # threestudio's default; UV unwrapping needs xatlas: set false here
         save_texture: bool = True  # write per-vertex albedo when the material provides it
         texture_size: int = 1024  # kept for config compatibility (texture baking unsupported)
         texture_format: str = "jpg"  # kept for config compatibility
@@ -52,10 +53,14 @@ class MeshExporter(Exporter):
         if self.cfg.fmt not in FORMATS:
             raise ConfigError(
                 f"mesh-exporter: fmt {self.cfg.fmt!r} is not supported by the built-in runtime "
-                f"(no xatlas / nvdiffrast for 'obj-mtl'); use one of {', '.join(FORMATS)}"
+                f"(no xatlas / nvdiffrast for 'obj-mtl'); use one of {', '.join(FORMATS)}, e.g. "
+                "system.exporter.fmt=obj system.exporter.save_uv=false"
             )
         if self.cfg.save_uv:
-            raise ConfigError("mesh-exporter: save_uv=true needs xatlas, which the built-in runtime does not ship")
+            raise ConfigError(
+                "mesh-exporter: save_uv=true (threestudio's default) needs xatlas, which the built-in runtime "
+                "does not ship; set system.exporter.save_uv=false"
+            )
 
     def extract_mesh(self) -> Mesh:
         """The geometry's isosurface in world coordinates."""

@@ -66,7 +66,7 @@ class BaseImplicitGeometry(BaseGeometry):
         isosurface: bool = True
         isosurface_method: str = "mt"
         isosurface_resolution: int = 128
-        isosurface_threshold: Any = 0.0
+        isosurface_threshold: Union[float, str] = 0.0
         isosurface_chunk: int = 0
         isosurface_coarse_to_fine: bool = True
         isosurface_deformable_grid: bool = False

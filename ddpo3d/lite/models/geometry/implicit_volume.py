@@ -39,7 +39,7 @@ class ImplicitVolume(BaseImplicitGeometry):
         n_input_dims: int = 3
         n_feature_dims: int = 3
         density_activation: Optional[str] = "softplus"
-        density_bias: Any = "blob_magic3d"  # a number, "blob_magic3d" or "blob_dreamfusion"
+        density_bias: Union[float, str] = "blob_magic3d"  # a number, "blob_magic3d" or "blob_dreamfusion"
         density_blob_scale: float = 10.0
         density_blob_std: float = 0.5
         pos_encoding_config: dict = field(
@@ -64,7 +64,7 @@ class ImplicitVolume(BaseImplicitGeometry):
         # in ['pred', 'analytic', 'finite_difference', 'finite_difference_laplacian']
         normal_type: Optional[str] = "finite_difference"
         finite_difference_normal_eps: float = 0.01
-        isosurface_threshold: Any = 25.0
+        isosurface_threshold: Union[float, str] = 25.0
         # linear annealing of density_blob_std: {min_anneal_step, max_anneal_step, start_val, end_val}
         anneal_density_blob_std_config: Optional[dict] = None
 

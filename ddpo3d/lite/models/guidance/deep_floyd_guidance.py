@@ -70,8 +70,8 @@ class DeepFloydGuidance(DiffusersGuidanceMixin, BaseObject):
         guidance_scale: float = 20.0
         grad_clip: Optional[Any] = None  # e.g. [0, 2.0, 8.0, 1000] (Hong et al. 2023)
         half_precision_weights: bool = True
-        min_step_percent: Any = 0.02
-        max_step_percent: Any = 0.98
+        min_step_percent: float = 0.02  # a number, as in threestudio (a subclass may widen it)
+        max_step_percent: float = 0.98
         weighting_strategy: str = "sds"
         view_dependent_prompting: bool = True
         max_items_eval: int = 4  # items previewed by guidance_eval (-1: all)

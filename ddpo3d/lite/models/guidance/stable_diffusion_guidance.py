@@ -63,8 +63,8 @@ class StableDiffusionGuidance(DiffusersGuidanceMixin, BaseObject):
         guidance_scale: float = 100.0
         grad_clip: Optional[Any] = None
         half_precision_weights: bool = True
-        min_step_percent: Any = 0.02
-        max_step_percent: Any = 0.98
+        min_step_percent: float = 0.02  # a number, as in threestudio (a subclass may widen it)
+        max_step_percent: float = 0.98
         sqrt_anneal: bool = False
         trainer_max_steps: int = 25000
         use_img_loss: bool = False
