@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         action="append",
         help="path to the YAML config; repeat to merge more files in order (e.g. a reward block "
-        "from configs/rewards/ over a stock config)",
+        "from custom/threestudio-ddpo3d/configs/rewards/ over a stock config)",
     )
     parser.add_argument(
         "--gpu",

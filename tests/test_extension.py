@@ -15,6 +15,7 @@ from ddpo3d.testing.tiny_sd import build_tiny_sd_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 EXT_CONFIGS = sorted((ROOT / "custom" / "threestudio-ddpo3d" / "configs").glob("*.yaml"))
+REWARD_BLOCKS = ROOT / "custom" / "threestudio-ddpo3d" / "configs" / "rewards"
 
 
 class _TinyModels(dict):
@@ -267,11 +268,11 @@ def test_toy_run_passes_runtime_type_checks(tmp_path):
 
 
 def test_reward_blocks_merge_into_the_stock_config(tiny, tmp_path):
-    """configs/rewards/*.yaml turn threestudio's stock dreamfusion-sd.yaml into an aligned run."""
+    """The reward blocks turn threestudio's stock dreamfusion-sd.yaml into an aligned run."""
     from launch import main
 
     stock = ROOT / "configs" / "dreamfusion-sd.yaml"
-    blocks = [ROOT / "configs" / "rewards" / "ddpo3d-sd.yaml", ROOT / "configs" / "rewards" / "jpeg.yaml"]
+    blocks = [REWARD_BLOCKS / "ddpo3d-sd.yaml", REWARD_BLOCKS / "jpeg.yaml"]
     overrides = [o for o in reduced_overrides(tiny, stock, tmp_path) if ".reward." not in o]
     argv = ["--config", str(stock)]
     for b in blocks:
@@ -284,7 +285,7 @@ def test_reward_blocks_merge_into_the_stock_config(tiny, tmp_path):
     assert ("test", "reward") in metrics
 
 
-@pytest.mark.parametrize("block", sorted((ROOT / "configs" / "rewards").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("block", sorted(REWARD_BLOCKS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_reward_block_builds(block, tiny):
     """Each block's reward section builds (CLIP-based ones on the tiny CLIP, as the real ones need weights)."""
     from omegaconf import OmegaConf

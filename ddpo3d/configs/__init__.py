@@ -1,0 +1,1 @@
+"""Config-file tools (``python -m ddpo3d.configs.merge``)."""
