@@ -186,86 +186,99 @@ def run_lite(args: argparse.Namespace, extras: list, custom_dirs: list, n_gpus: 
 
 
 def run_threestudio(args: argparse.Namespace, extras: list, custom_dirs: list, n_gpus: int) -> int:
-    """threestudio 0.2.3's ``launch.py`` body, unchanged in behaviour except that extensions
-    that fail to import stop the run and Ctrl-C saves ``ckpts/last.ckpt``."""
+    """Run the config with threestudio's own classes and Lightning trainer.
+
+    What threestudio 0.2.3's ``launch.py`` does for the same command line (its callbacks,
+    loggers, ``cmd.txt``, GPU trainer and mode dispatch), plus: an extension that fails to
+    import stops the run, and Ctrl-C saves ``ckpts/last.ckpt``.
+    """
     import pytorch_lightning as pl
     import threestudio
-    import torch
     from pytorch_lightning import Trainer
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
-    from threestudio.utils.callbacks import (
-        CodeSnapshotCallback,
-        ConfigSnapshotCallback,
-        CustomProgressBar,
-        ProgressCallback,
-    )
     from threestudio.utils.config import load_config  # registers threestudio's resolvers first
     from threestudio.utils.misc import get_rank
 
     from ddpo3d.lite.experiment import register_resolvers
-    from ddpo3d.lite.utils.callbacks import InterruptCheckpoint
 
-    register_resolvers()  # no-op for names threestudio registered
-    if args.gpu is None:  # threestudio's default: the first GPU
+    register_resolvers()  # only names threestudio does not register
+    if args.gpu is None:  # threestudio's default device is the first GPU
         args.gpu = "0"
         n_gpus = _select_gpus(args.gpu)
     load_custom_modules(custom_dirs)
     cfg = load_config(*args.config, cli_args=extras, n_gpus=n_gpus)
     pl.seed_everything(cfg.seed + get_rank(), workers=True)
-    dm = threestudio.find(cfg.data_type)(cfg.data)
+    datamodule = threestudio.find(cfg.data_type)(cfg.data)
     system = threestudio.find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None)
     system.set_save_dir(os.path.join(cfg.trial_dir, "save"))
-    callbacks = []
-    if args.train:
-        callbacks += [
-            ModelCheckpoint(dirpath=os.path.join(cfg.trial_dir, "ckpts"), **cfg.checkpoint),
-            LearningRateMonitor(logging_interval="step"),
-            CodeSnapshotCallback(os.path.join(cfg.trial_dir, "code"), use_version=False),
-            ConfigSnapshotCallback(args.config[0], cfg, os.path.join(cfg.trial_dir, "configs"), use_version=False),
-            InterruptCheckpoint(os.path.join(cfg.trial_dir, "ckpts", "last.ckpt")),
-        ]
-        if args.gradio:
-            callbacks += [ProgressCallback(save_path=os.path.join(cfg.trial_dir, "progress"))]
-        else:
-            callbacks += [CustomProgressBar(refresh_rate=1)]
-    loggers = []
-    if args.train:
-        rank_zero_only(lambda: os.makedirs(os.path.join(cfg.trial_dir, "tb_logs"), exist_ok=True))()
-        loggers += [TensorBoardLogger(cfg.trial_dir, name="tb_logs"), CSVLogger(cfg.trial_dir, name="csv_logs")]
-        loggers += system.get_loggers()
-
-        def write_cmd():
-            with open(os.path.join(cfg.trial_dir, "cmd.txt"), "w") as f:
-                f.write("python " + " ".join(sys.argv) + "\n" + str(args) + "\n")
-
-        rank_zero_only(write_cmd)()
+    training = _mode(args) == "train"
     trainer = Trainer(
-        callbacks=callbacks, logger=loggers, inference_mode=False, accelerator="gpu", devices=-1, **cfg.trainer
+        callbacks=_threestudio_callbacks(args, cfg) if training else [],
+        logger=_threestudio_loggers(args, cfg, system) if training else [],
+        inference_mode=False,
+        accelerator="gpu",
+        devices=-1,
+        **cfg.trainer,
     )
-
-    def set_system_status(ckpt_path):
-        if ckpt_path is None:
-            return
-        ckpt = torch.load(ckpt_path, map_location="cpu")
-        system.set_resume_status(ckpt["epoch"], ckpt["global_step"])
-
-    if args.train:
-        trainer.fit(system, datamodule=dm, ckpt_path=cfg.resume)
-        trainer.test(system, datamodule=dm)
+    if training:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.resume)
+        trainer.test(system, datamodule=datamodule)
         if args.gradio:
-            trainer.predict(system, datamodule=dm)
-    elif args.validate:
-        set_system_status(cfg.resume)
-        trainer.validate(system, datamodule=dm, ckpt_path=cfg.resume)
-    elif args.test:
-        set_system_status(cfg.resume)
-        trainer.test(system, datamodule=dm, ckpt_path=cfg.resume)
-    elif args.export:
-        set_system_status(cfg.resume)
-        trainer.predict(system, datamodule=dm, ckpt_path=cfg.resume)
+            trainer.predict(system, datamodule=datamodule)
+        return 0
+    if cfg.resume is not None:  # evaluation runs report the checkpoint's epoch / step
+        import torch
+
+        # a trusted Lightning checkpoint of this run (threestudio's torch 2.0 loaded it in full too)
+        state = torch.load(cfg.resume, map_location="cpu", weights_only=False)
+        system.set_resume_status(state["epoch"], state["global_step"])
+    evaluate = {"validate": trainer.validate, "test": trainer.test, "export": trainer.predict}[_mode(args)]
+    evaluate(system, datamodule=datamodule, ckpt_path=cfg.resume)
     return 0
+
+
+def _threestudio_callbacks(args: argparse.Namespace, cfg: "object") -> list:
+    """Training callbacks: checkpoints, learning-rate log, code / config snapshots, progress, and
+    a checkpoint on Ctrl-C."""
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from threestudio.utils import callbacks as ts_callbacks
+
+    from ddpo3d.lite.utils.callbacks import InterruptCheckpoint
+
+    def trial(*parts: str) -> str:
+        return os.path.join(cfg.trial_dir, *parts)
+
+    progress = (
+        ts_callbacks.ProgressCallback(save_path=trial("progress"))
+        if args.gradio
+        else ts_callbacks.CustomProgressBar(refresh_rate=1)
+    )
+    return [
+        ModelCheckpoint(dirpath=trial("ckpts"), **cfg.checkpoint),
+        LearningRateMonitor(logging_interval="step"),
+        ts_callbacks.CodeSnapshotCallback(trial("code"), use_version=False),
+        ts_callbacks.ConfigSnapshotCallback(args.config[0], cfg, trial("configs"), use_version=False),
+        InterruptCheckpoint(trial("ckpts", "last.ckpt")),
+        progress,
+    ]
+
+
+def _threestudio_loggers(args: argparse.Namespace, cfg: "object", system: "object") -> list:
+    """Training loggers (TensorBoard, CSV, the system's own) and the run's ``cmd.txt``, on rank 0."""
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    @rank_zero_only
+    def prepare_trial_dir() -> None:
+        os.makedirs(os.path.join(cfg.trial_dir, "tb_logs"), exist_ok=True)
+        with open(os.path.join(cfg.trial_dir, "cmd.txt"), "w") as fh:
+            fh.write(f"python {' '.join(sys.argv)}\n{args}\n")
+
+    prepare_trial_dir()
+    return [
+        TensorBoardLogger(cfg.trial_dir, name="tb_logs"),
+        CSVLogger(cfg.trial_dir, name="csv_logs"),
+        *system.get_loggers(),
+    ]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ setup(
     description="Reward alignment (DDPO3D, reward backprop, ...) for SDS text-to-3D, as a threestudio extension",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["ddpo3d", "ddpo3d.*"]),
     include_package_data=True,

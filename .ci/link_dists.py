@@ -8,7 +8,8 @@ so pip sees them as installed) into the second one. Console scripts (``bin/``) a
     python .ci/link_dists.py SRC_VENV DST_VENV torch torchvision
 
 The named distributions and everything they require (markers evaluated for this interpreter,
-extras followed) are linked; files fall back to a copy across file systems.
+extras followed) are linked, except those the destination venv already has (its own pip and
+setuptools); files fall back to a copy across file systems.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ def main(argv: list) -> int:
         print(__doc__)
         return 2
     src, dst = _site_packages(Path(argv[0])), _site_packages(Path(argv[1]))
-    dists = _closure(src, argv[2:])
+    from packaging.utils import canonicalize_name
+
+    present = {canonicalize_name(d.metadata["Name"]) for d in metadata.distributions(path=[str(dst)])}
+    # what the new venv already has (pip, setuptools) stays its own: two versions' files must not mix
+    dists = {name: dist for name, dist in _closure(src, argv[2:]).items() if name not in present}
     n_files = 0
     for dist in dists.values():
         for rel in dist.files or []:

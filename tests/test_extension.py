@@ -73,6 +73,7 @@ def reduced_overrides(tiny, config: Path, out: Path) -> list:
             "trainer.val_check_interval=2",
             "data.width=32",
             "data.height=32",
+            "data.batch_size=1",  # one stage: height, width and batch_size must have as many entries
             "data.eval_width=32",
             "data.eval_height=32",
             "data.n_val_views=1",

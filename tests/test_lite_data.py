@@ -153,7 +153,7 @@ def test_unknown_key_is_an_error_naming_it():
 
 def test_mismatched_milestones_are_an_error():
     with pytest.raises(ConfigError, match="resolution_milestones"):
-        RandomCameraDataModule({"width": [8, 16], "height": [8, 16], "resolution_milestones": []})
+        RandomCameraDataModule({"width": [8, 16], "height": [8, 16], "batch_size": [1, 1], "resolution_milestones": []})
 
 
 def test_unknown_light_strategy_is_an_error():
@@ -170,3 +170,10 @@ def test_bad_size_type_is_an_error():
 def test_malformed_ranges_are_an_error(value):
     with pytest.raises(ConfigError, match="camera_distance_range"):
         RandomCameraDataModule({"camera_distance_range": value})
+
+
+def test_stage_lists_must_have_equal_lengths_as_in_threestudio():
+    """threestudio asserts len(height) == len(width) == len(batch_size): a single value is not repeated."""
+    with pytest.raises(ConfigError, match="same number of entries"):
+        make(width=[8, 16], height=[8, 16], batch_size=2, resolution_milestones=[10])
+    make(width=[8, 16], height=[8, 16], batch_size=[2, 2], resolution_milestones=[10])

@@ -658,8 +658,191 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
             "fit_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         }
 
+    # ---- every shipped config, through threestudio's own config machinery -------------------
+    from ddpo3d.testing.tiny_clip import TINY_CLIP_NAME, register_tiny_clip, write_aesthetic_head
+
+    register_tiny_clip()
+    head = write_aesthetic_head(os.path.join(work, "head.pth"))
+
+    def tiny_if_pipeline() -> str:
+        if "tiny_if" not in state:
+            from ddpo3d.testing.tiny_if import build_tiny_if_pipeline
+
+            try:
+                state["tiny_if"] = build_tiny_if_pipeline(os.path.join(work, "tiny-if-configs"))
+            except Exception as exc:  # the tiny T5 tokenizer needs a recent transformers
+                state["tiny_if"] = exc
+        if isinstance(state["tiny_if"], Exception):
+            raise _Unavailable(f"the tiny IF test pipeline does not build here: {state['tiny_if']!r}")
+        return state["tiny_if"]
+
+    for config_path in SHIPPED_CONFIGS:
+        check(f"config:{config_path.stem}")(
+            lambda path=config_path: _check_shipped_config(
+                path, work, tiny, tiny_if_pipeline, head, TINY_CLIP_NAME, src
+            )
+        )
+
     report["total_seconds"] = time.time() - t0
     save()
+
+
+class _Unavailable(Exception):
+    """A check that cannot run in this environment (reported as skipped, with the reason)."""
+
+
+SHIPPED_CONFIGS = sorted((EXT_DIR / "configs").glob("*.yaml"))
+#: threestudio classes whose construction needs tinycudann / nerfacc (CUDA extensions)
+CUDA_ONLY = {"implicit-volume", "nerf-volume-renderer"}
+
+
+def shipped_config_overrides(path: Path, out: str, pipe: str, head: str, clip_name: str) -> list:
+    """A shipped config made tiny: local tiny SD / IF and CLIP, 32 px, 2 steps, few points / samples."""
+    text = path.read_text()
+    overrides = [
+        f"exp_root_dir={out}",
+        "use_timestamp=false",
+        "tag=compat",
+        "system.prompt_processor.prompt=a red apple",
+        "system.prompt_processor.spawn=false",
+        f"system.prompt_processor.pretrained_model_name_or_path={pipe}",
+        f"system.guidance.pretrained_model_name_or_path={pipe}",
+        "system.guidance.half_precision_weights=false",
+        "system.guidance.objective.num_samples=2",
+        f"system.guidance.reward.clip_model={clip_name}",
+        "system.guidance.reward.clip_pretrained=null",
+        "system.guidance.reward.allow_random_init=true",
+        f"system.guidance.reward.head_path={head}",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.precision=32",
+        "data.batch_size=1",
+        "data.width=32",
+        "data.height=32",
+        "data.eval_width=32",
+        "data.eval_height=32",
+        "data.n_val_views=1",
+        "data.n_test_views=2",
+    ]
+    if "ddpo3d-gaussian-splat" in text:
+        overrides += ["system.geometry.num_points=200", "system.renderer.backend=torch"]
+    return overrides
+
+
+def _check_shipped_config(path: Path, work: str, tiny_sd: str, tiny_if, head: str, clip_name: str, src) -> dict:
+    """Load one shipped config with threestudio's ``load_config``, parse every block with the
+    Config class threestudio registers for it, then train it (Gaussian configs: with threestudio's
+    own ``launch.py`` and this project's, on CPU) or, where a part needs CUDA extensions, build
+    every other part and run one guidance step with the system's loss weighting."""
+    import pytorch_lightning as pl
+    import threestudio
+    import torch
+    from threestudio.utils.config import load_config, parse_structured
+    from threestudio.utils.misc import C
+
+    text = path.read_text()
+    pipe = tiny_if() if "deep-floyd" in text else tiny_sd
+    out = os.path.join(work, "configs", path.stem)
+    overrides = shipped_config_overrides(path, out, pipe, head, clip_name)
+    cfg = load_config(str(path), cli_args=overrides, n_gpus=1)
+    sys_cfg = cfg.system
+    parsed = {"system": cfg.system_type}
+    parse_structured(threestudio.find(cfg.system_type).Config, sys_cfg)
+    for part in ("geometry", "material", "background", "renderer", "prompt_processor", "guidance", "exporter"):
+        name = sys_cfg[f"{part}_type"]
+        parse_structured(threestudio.find(name).Config, sys_cfg[part])
+        parsed[part] = name
+    needs_cuda = sorted(CUDA_ONLY & set(parsed.values()))
+    data = {"parsed_with_threestudio_configs": parsed, "needs_cuda_extensions": needs_cuda}
+    missing = [k for k in ("lambda_orient", "lambda_sparsity", "lambda_opaque") if k not in sys_cfg.loss]
+    assert not missing, f"system.loss lacks {missing}, which threestudio's systems read every step"
+
+    if not needs_cuda:
+        real_trainer = pl.Trainer
+
+        def cpu_trainer(*args, **kwargs):  # both launchers ask for accelerator="gpu"
+            kwargs.update(accelerator="cpu", devices=1)
+            return real_trainer(*args, **kwargs)
+
+        runs = {}
+        pl.Trainer = cpu_trainer
+        try:
+            if src and os.path.isfile(os.path.join(src, "launch.py")):
+                spec = importlib.util.spec_from_file_location("threestudio_launch_main", os.path.join(src, "launch.py"))
+                ts_launch = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(ts_launch)
+                ts_launch.load_custom_modules = lambda: None  # the extension is loaded once, by the "load" check
+                ts_args = ts_launch_args(str(path))
+                ts_launch.main(ts_args, [f"exp_root_dir={out}/threestudio-launch", *overrides[1:]])
+                runs["threestudio_launch"] = _trial_files(os.path.join(out, "threestudio-launch"))
+            sys.path.insert(0, str(REPO))
+            import launch as our_launch
+
+            rc = our_launch.main(
+                ["--config", str(path), "--train", f"exp_root_dir={out}/ddpo3d-launch", *overrides[1:]], custom_dirs=[]
+            )
+            assert rc == 0, f"this project's launch.py returned {rc}"
+            runs["ddpo3d_launch"] = _trial_files(os.path.join(out, "ddpo3d-launch"))
+        finally:
+            pl.Trainer = real_trainer
+        data["trained"] = runs
+        return data
+
+    # NeRF configs: geometry / renderer need tinycudann / nerfacc; everything else is built
+    built = {}
+    dm = threestudio.find(cfg.data_type)(cfg.data)
+    dm.setup("fit")
+    batch = dm.train_dataset.collate(None)
+    built["data"] = cfg.data_type
+    for part in ("material", "background"):
+        threestudio.find(parsed[part])(sys_cfg[part])
+        built[part] = parsed[part]
+    pu = threestudio.find(parsed["prompt_processor"])(sys_cfg.prompt_processor)()
+    guidance = threestudio.find(parsed["guidance"])(sys_cfg.guidance)
+    guidance.update_step(0, 0)
+    built["prompt_processor"], built["guidance"] = parsed["prompt_processor"], parsed["guidance"]
+    torch.manual_seed(0)
+    rgb = torch.rand(batch["rays_o"].shape[0], batch["height"], batch["width"], 3, requires_grad=True)
+    guidance_out = guidance(rgb, pu, **batch, rgb_as_latents=False)
+    # threestudio's training_step weighting: loss_<x> * C(system.loss.lambda_<x>)
+    loss = sum(
+        v * C(sys_cfg.loss[k.replace("loss_", "lambda_")], 0, 0)
+        for k, v in guidance_out.items()
+        if k.startswith("loss_")
+    )
+    loss.backward()
+    data.update(
+        {
+            "built": built,
+            "not_built": needs_cuda,
+            "losses": sorted(k for k in guidance_out if k.startswith("loss_")),
+            "loss": float(loss),
+            "grad_finite": bool(torch.isfinite(rgb.grad).all()),
+            "grad_abs_sum": float(rgb.grad.abs().sum()),
+        }
+    )
+    return data
+
+
+def ts_launch_args(config: str):
+    """threestudio's launch.py arguments for ``--config <config> --train --gpu 0``."""
+    import argparse
+
+    return argparse.Namespace(
+        config=config,
+        gpu="0",
+        train=True,
+        validate=False,
+        test=False,
+        export=False,
+        gradio=False,
+        verbose=False,
+        typecheck=False,
+    )
+
+
+def _trial_files(root: str) -> list:
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file() and "code" not in p.parts)
 
 
 # ----------------------------------------------------------------------------- pytest side
@@ -804,6 +987,27 @@ def test_magic3d_coarse_system_uses_the_guidance_unchanged(report):
     assert e["global_step"] == 1
     for key in ("train/loss_sds", "train/loss_ddpo", "train/reward_mean"):
         assert key in e["fit_metrics"] and math.isfinite(e["fit_metrics"][key]), (key, sorted(e["fit_metrics"]))
+
+
+@pytest.mark.parametrize("config", [p.stem for p in SHIPPED_CONFIGS])
+def test_every_shipped_config_loads_and_runs_in_threestudio(report, config):
+    """Each shipped config loads with threestudio's load_config, every block parses with the Config
+    threestudio registers for it; Gaussian configs train 2 steps with threestudio's own launch.py
+    and with ours; NeRF configs (tinycudann / nerfacc) build data, material, background, prompt
+    processor and guidance and take one weighted guidance step."""
+    entry = report.get(f"config:{config}")
+    assert entry is not None, f"check for {config} did not run: {sorted(report)}"
+    if not entry["ok"] and "_Unavailable" in entry["error"]:
+        pytest.skip(entry["error"].strip().splitlines()[-1])
+    assert entry["ok"], f"{config} raised:\n{entry['error']}"
+    assert entry["parsed_with_threestudio_configs"]["guidance"].startswith("ddpo3d-")
+    if entry["needs_cuda_extensions"]:
+        assert entry["grad_finite"] and entry["grad_abs_sum"] > 0, entry
+        assert "loss_sds" in entry["losses"], entry["losses"]
+        return
+    for launcher, files in entry["trained"].items():
+        for f in ("ckpts/last.ckpt", "save/it2-test.mp4", "save/metrics.csv", "configs/parsed.yaml"):
+            assert any(x.endswith(f) for x in files), (launcher, f, files)
 
 
 if __name__ == "__main__":

@@ -145,17 +145,19 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
         self.widths = _as_list(cfg.width, "width")
         self.batch_sizes = _as_list(cfg.batch_size, "batch_size")
         milestones = list(cfg.resolution_milestones)
-        n = max(len(self.heights), len(self.widths), len(self.batch_sizes))
+        n = len(self.heights)
+        if not len(self.heights) == len(self.widths) == len(self.batch_sizes):
+            # threestudio asserts this too: a single value is not repeated over the stages
+            raise ConfigError(
+                "random-camera-datamodule: height, width and batch_size need the same number of entries "
+                f"(one per resolution stage); got height={cfg.height}, width={cfg.width}, batch_size={cfg.batch_size}"
+            )
         if n == 1:
             if milestones:
                 warn("random-camera-datamodule: ignoring resolution_milestones, height/width/batch_size are fixed")
             self.resolution_milestones = [-1]
         else:
-            # a single value is broadcast to every stage
-            self.heights = self.heights * n if len(self.heights) == 1 else self.heights
-            self.widths = self.widths * n if len(self.widths) == 1 else self.widths
-            self.batch_sizes = self.batch_sizes * n if len(self.batch_sizes) == 1 else self.batch_sizes
-            if not (len(self.heights) == len(self.widths) == len(self.batch_sizes) == len(milestones) + 1):
+            if n != len(milestones) + 1:
                 raise ConfigError(
                     "random-camera-datamodule: height, width and batch_size lists need one entry per stage, "
                     f"i.e. len(resolution_milestones) + 1 = {len(milestones) + 1}; got height={cfg.height}, "
@@ -326,28 +328,31 @@ class RandomCameraDataset(Dataset):
     def __len__(self) -> int:
         return self.n_views
 
+    #: batch key -> attribute holding that quantity for every view
+    _PER_VIEW = {
+        "rays_o": "rays_o",
+        "rays_d": "rays_d",
+        "mvp_mtx": "mvp_mtx",
+        "c2w": "c2w",
+        "camera_positions": "camera_positions",
+        "light_positions": "light_positions",
+        "elevation": "elevation_deg",
+        "azimuth": "azimuth_deg",
+        "camera_distances": "camera_distances",
+        "fovy": "fovy",
+        "proj_mtx": "proj_mtx",
+    }
+
+    def _image_size(self) -> Dict[str, int]:
+        return {"height": self.cfg.eval_height, "width": self.cfg.eval_width}
+
     def __getitem__(self, index: int) -> Dict[str, Any]:
-        return {
-            "index": index,
-            "rays_o": self.rays_o[index],
-            "rays_d": self.rays_d[index],
-            "mvp_mtx": self.mvp_mtx[index],
-            "c2w": self.c2w[index],
-            "camera_positions": self.camera_positions[index],
-            "light_positions": self.light_positions[index],
-            "elevation": self.elevation_deg[index],
-            "azimuth": self.azimuth_deg[index],
-            "camera_distances": self.camera_distances[index],
-            "height": self.cfg.eval_height,
-            "width": self.cfg.eval_width,
-            "fovy": self.fovy[index],
-            "proj_mtx": self.proj_mtx[index],
-        }
+        view = {key: getattr(self, attr)[index] for key, attr in self._PER_VIEW.items()}
+        return {"index": index, **view, **self._image_size()}
 
     def collate(self, batch: List[Dict[str, Any]]) -> Dict[str, Any]:
-        out = torch.utils.data.default_collate(batch)
-        out.update({"height": self.cfg.eval_height, "width": self.cfg.eval_width})
-        return out
+        """Stack the views; height and width stay plain ints."""
+        return {**torch.utils.data.default_collate(batch), **self._image_size()}
 
 
 @register("random-camera-datamodule")
@@ -376,30 +381,42 @@ class RandomCameraDataModule(pl.LightningDataModule):
         # fail on malformed resolution stages now rather than at fit time
         RandomCameraIterableDataset(self.cfg)
 
+    #: datasets each Lightning stage needs (None: all)
+    STAGE_SPLITS = {
+        None: ("train", "val", "test"),
+        "fit": ("train", "val"),
+        "validate": ("val",),
+        "test": ("test",),
+        "predict": ("test",),
+    }
+
     def setup(self, stage: Optional[str] = None) -> None:
-        if stage in (None, "fit"):
-            self.train_dataset = RandomCameraIterableDataset(self.cfg)
-        if stage in (None, "fit", "validate"):
-            self.val_dataset = RandomCameraDataset(self.cfg, "val")
-        if stage in (None, "test", "predict"):
-            self.test_dataset = RandomCameraDataset(self.cfg, "test")
+        """Build the datasets ``stage`` uses as ``train_dataset`` / ``val_dataset`` / ``test_dataset``."""
+        for split in self.STAGE_SPLITS.get(stage, ()):
+            dataset = (
+                RandomCameraIterableDataset(self.cfg) if split == "train" else RandomCameraDataset(self.cfg, split)
+            )
+            setattr(self, f"{split}_dataset", dataset)
 
     def prepare_data(self) -> None:
-        pass
+        """Nothing to download."""
 
     @staticmethod
-    def general_loader(dataset, batch_size, collate_fn=None) -> DataLoader:
-        # no worker processes: update_step changes the dataset's attributes in place
-        return DataLoader(dataset, num_workers=0, batch_size=batch_size, collate_fn=collate_fn)
+    def _loader(dataset: Dataset) -> DataLoader:
+        """The training dataset collates whole batches itself (``batch_size=None``: one item is one
+        batch); evaluation batches hold one view. No worker processes: ``update_step`` changes the
+        training dataset in place, which workers would not see."""
+        per_batch = None if isinstance(dataset, IterableDataset) else 1
+        return DataLoader(dataset, batch_size=per_batch, num_workers=0, collate_fn=dataset.collate)
 
     def train_dataloader(self) -> DataLoader:
-        return self.general_loader(self.train_dataset, batch_size=None, collate_fn=self.train_dataset.collate)
+        return self._loader(self.train_dataset)
 
     def val_dataloader(self) -> DataLoader:
-        return self.general_loader(self.val_dataset, batch_size=1, collate_fn=self.val_dataset.collate)
+        return self._loader(self.val_dataset)
 
     def test_dataloader(self) -> DataLoader:
-        return self.general_loader(self.test_dataset, batch_size=1, collate_fn=self.test_dataset.collate)
+        return self._loader(self.test_dataset)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.general_loader(self.test_dataset, batch_size=1, collate_fn=self.test_dataset.collate)
+        return self._loader(self.test_dataset)

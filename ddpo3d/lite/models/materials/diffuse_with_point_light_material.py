@@ -16,6 +16,29 @@ from ddpo3d.utils.typing import Any, Dict, Float, Optional, Tensor, Tuple
 SHADINGS = ("albedo", "textureless", "diffuse")
 
 
+def lambert_light(
+    normal: Float[Tensor, "... 3"],
+    positions: Float[Tensor, "... 3"],
+    light_positions: Float[Tensor, "... 3"],
+    ambient: Float[Tensor, " 3"],
+    diffuse: Float[Tensor, " 3"],
+) -> Float[Tensor, "... 3"]:
+    """Light reaching each point: ``ambient + diffuse * max(0, n . l)``, ``l`` the unit vector to the light.
+
+    Args:
+        normal: unit surface normals.
+        positions: surface points.
+        light_positions: point-light position per point.
+        ambient: ambient light colour.
+        diffuse: diffuse light colour.
+
+    Returns:
+        The light colour per point (the "textureless" render).
+    """
+    to_light = F.normalize(light_positions - positions, dim=-1)
+    return dot(normal, to_light).clamp(min=0.0) * diffuse + ambient
+
+
 @threestudio.register("diffuse-with-point-light-material")
 class DiffuseWithPointLightMaterial(BaseMaterial):
     """DreamFusion's shading (Poole et al. 2022, Sec. 3.1, Eq. 6 of its appendix):
@@ -46,10 +69,29 @@ class DiffuseWithPointLightMaterial(BaseMaterial):
 
     def configure(self) -> None:
         self.requires_normal = True
-        get_activation(self.cfg.albedo_activation)
-        self.register_buffer("ambient_light_color", torch.as_tensor(self.cfg.ambient_light_color, dtype=torch.float32))
-        self.register_buffer("diffuse_light_color", torch.as_tensor(self.cfg.diffuse_light_color, dtype=torch.float32))
+        get_activation(self.cfg.albedo_activation)  # an unknown name fails here, not mid-training
+        for name in ("ambient_light_color", "diffuse_light_color"):
+            self.register_buffer(name, torch.tensor(getattr(self.cfg, name), dtype=torch.float32))
         self.ambient_only = False
+
+    def _lights(self, ambient_ratio: Optional[float]) -> Tuple[Tensor, Tensor]:
+        """(ambient, diffuse) light colours: white lights split by ``ambient_ratio`` when it is
+        given, a random split per call with ``soft_shading`` in training, else the configured ones."""
+        if ambient_ratio is None and self.training and self.cfg.soft_shading:
+            diffuse = torch.full_like(self.diffuse_light_color, random.random())
+            return 1.0 - diffuse, diffuse
+        if ambient_ratio is None:
+            return self.ambient_light_color, self.diffuse_light_color
+        white = torch.ones_like(self.ambient_light_color)
+        return ambient_ratio * white, (1 - ambient_ratio) * white
+
+    def _pick_shading(self) -> str:
+        """One shading for the whole batch (DreamFusion's augmentation in training)."""
+        if not self.training:
+            return "albedo" if (self.ambient_only or self.cfg.ambient_only_on_test) else "diffuse"
+        if self.ambient_only or random.random() > self.cfg.diffuse_prob:
+            return "albedo"
+        return "textureless" if random.random() < self.cfg.textureless_prob else "diffuse"
 
     def forward(
         self,
@@ -75,45 +117,22 @@ class DiffuseWithPointLightMaterial(BaseMaterial):
             RGB ``[..., 3]``.
         """
         albedo = get_activation(self.cfg.albedo_activation)(features[..., :3])
-        if ambient_ratio is not None:
-            diffuse_light_color = (1 - ambient_ratio) * torch.ones_like(self.diffuse_light_color)
-            ambient_light_color = ambient_ratio * torch.ones_like(self.ambient_light_color)
-        elif self.training and self.cfg.soft_shading:
-            diffuse_light_color = torch.full_like(self.diffuse_light_color, random.random())
-            ambient_light_color = 1.0 - diffuse_light_color
-        else:
-            diffuse_light_color = self.diffuse_light_color
-            ambient_light_color = self.ambient_light_color
-
-        light_directions = F.normalize(light_positions - positions, dim=-1)
-        diffuse_light = dot(shading_normal, light_directions).clamp(min=0.0) * diffuse_light_color
-        textureless_color = diffuse_light + ambient_light_color
-        color = albedo.clamp(0.0, 1.0) * textureless_color
-
-        if shading is None:
-            if self.training:
-                # one augmentation for the whole batch
-                if self.ambient_only or random.random() > self.cfg.diffuse_prob:
-                    shading = "albedo"
-                elif random.random() < self.cfg.textureless_prob:
-                    shading = "textureless"
-                else:
-                    shading = "diffuse"
-            else:
-                shading = "albedo" if (self.ambient_only or self.cfg.ambient_only_on_test) else "diffuse"
-
-        # "* 0" keeps every parameter in the graph (as threestudio, for DDP)
+        ambient, diffuse = self._lights(ambient_ratio)
+        light = lambert_light(shading_normal, positions, light_positions, ambient, diffuse)
+        shading = self._pick_shading() if shading is None else shading
+        # every branch keeps both albedo and light in the graph ("0 *"), so no parameter is
+        # ever unused in a step (as threestudio, for DDP)
         if shading == "albedo":
-            return albedo + textureless_color * 0
+            return albedo + 0 * light
         if shading == "textureless":
-            return albedo * 0 + textureless_color
+            return light + 0 * albedo
         if shading == "diffuse":
-            return color
+            return albedo.clamp(0.0, 1.0) * light
         raise ValueError(f"Unknown shading type {shading!r}: use one of {', '.join(SHADINGS)}")
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         self.ambient_only = global_step < self.cfg.ambient_only_steps
 
     def export(self, features: Float[Tensor, "*N Nf"], **kwargs) -> Dict[str, Any]:
-        albedo = get_activation(self.cfg.albedo_activation)(features[..., :3]).clamp(0.0, 1.0)
-        return {"albedo": albedo}
+        """``{"albedo": [..., 3]}`` in [0, 1] (mesh vertex colours)."""
+        return {"albedo": get_activation(self.cfg.albedo_activation)(features[..., :3]).clamp(0.0, 1.0)}

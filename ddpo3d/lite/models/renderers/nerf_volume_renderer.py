@@ -92,7 +92,11 @@ class NeRFVolumeRenderer(VolumeRenderer):
         # nerfacc's marching step, used for the occupancy grid's alpha estimate
         self.render_step_size = 1.732 * 2 * self.cfg.radius / self.cfg.num_samples_per_ray
         self.occupancy = OccupancyGrid(self.bbox, resolution=32)
-        self.randomized = self.cfg.randomized
+
+    @property
+    def randomized(self) -> bool:
+        """Jittered (stratified) samples in training when ``cfg.randomized``; fixed ones in evaluation."""
+        return self.training and self.cfg.randomized
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, rays_o: Tensor, rays_d: Tensor):
@@ -214,6 +218,60 @@ class NeRFVolumeRenderer(VolumeRenderer):
 
             self.occupancy.update_every_n_steps(global_step, occ_eval_fn)
 
+    # ------------------------------------------------------------------ a batch of images
+    def _render_in_chunks(self, rays_o: Tensor, rays_d: Tensor, lights: Tensor, **kwargs) -> Dict[str, Tensor]:
+        """Evaluation: rays in chunks of about ``eval_chunk_size`` samples, per-ray outputs only."""
+        budget = self.cfg.eval_chunk_size
+        step = rays_o.shape[0] if budget <= 0 else max(1, budget // max(self.cfg.num_samples_per_ray, 1))
+        pieces = [
+            self._render_rays(rays_o[i : i + step], rays_d[i : i + step], lights[i : i + step], **kwargs)
+            for i in range(0, rays_o.shape[0], step)
+        ]
+        keep_graph = torch.is_grad_enabled()
+        return {
+            key: torch.cat([p[key] if keep_graph else p[key].detach() for p in pieces], 0)
+            for key in (*self._RAY_KEYS, "comp_normal")
+            if key in pieces[0]
+        }
+
+    @staticmethod
+    def _background_per_ray(bg_color: Optional[Tensor], model_bg: Tensor, shape: tuple) -> Tensor:
+        """The colour behind each ray: the background model's, or ``bg_color`` given per image
+        (``[B, C]``), per pixel (``[B, H, W, C]``) or per ray (``[B*H*W, C]``)."""
+        b, h, w = shape
+        colour = model_bg if bg_color is None else bg_color
+        if colour.shape[:-1] == (b,):
+            colour = colour.view(b, 1, 1, -1).expand(b, h, w, colour.shape[-1])
+        if colour.shape[:-1] == (b, h, w):
+            colour = colour.reshape(b * h * w, colour.shape[-1])
+        return colour
+
+    def _per_sample_outputs(self, res: Dict[str, Any], image) -> Dict[str, Any]:
+        """Training-only outputs: the packed samples, the geometry outputs and optional normals."""
+        geo_out = res["_geo_out"]
+        out = {name: res[f"_{src}"] for name, src in self._SAMPLE_KEYS.items()}
+        out.update(geo_out)
+        if "normal" not in geo_out:
+            return out
+        if self.cfg.return_comp_normal:
+            out["comp_normal"] = image(res["comp_normal"])
+        if self.cfg.return_normal_perturb:  # normals 0.01 away, for a smoothness loss
+            jittered = res["_positions"] + 1e-2 * torch.randn_like(res["_positions"])
+            out["normal_perturb"] = self.geometry(jittered, output_normal=self.material.requires_normal)["normal"]
+        return out
+
+    #: per-ray outputs reshaped to images
+    _RAY_KEYS = ("comp_rgb_fg", "opacity", "depth", "z_variance")
+    #: training outputs (threestudio's names) -> packed per-sample tensors of ``_render_rays``
+    _SAMPLE_KEYS = {
+        "weights": "weights",
+        "t_points": "t_points",
+        "t_intervals": "t_intervals",
+        "t_dirs": "t_dirs",
+        "ray_indices": "ray_indices",
+        "points": "positions",
+    }
+
     def forward(
         self,
         rays_o: Float[Tensor, "B H W 3"],
@@ -233,81 +291,26 @@ class NeRFVolumeRenderer(VolumeRenderer):
         Returns:
             See the class docstring.
         """
-        batch_size, height, width = rays_o.shape[:3]
-        rays_o_flat = rays_o.reshape(-1, 3)
-        rays_d_flat = rays_d.reshape(-1, 3)
-        light_flat = light_positions.reshape(-1, 1, 1, 3).expand(-1, height, width, -1).reshape(-1, 3)
-        n_rays = rays_o_flat.shape[0]
-
+        shape = tuple(rays_o.shape[:3])
+        b, h, w = shape
+        flat_o, flat_d = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
+        flat_lights = light_positions[:, None, None, :].expand(b, h, w, 3).reshape(-1, 3)
         if self.training:
-            res = self._render_rays(rays_o_flat, rays_d_flat, light_flat, **kwargs)
-            comp_rgb_bg = self.background(dirs=rays_d)
+            res = self._render_rays(flat_o, flat_d, flat_lights, **kwargs)
         else:
-            chunk = self.cfg.eval_chunk_size
-            rays_per_chunk = n_rays if chunk <= 0 else max(1, chunk // max(self.cfg.num_samples_per_ray, 1))
-            parts = [
-                self._render_rays(
-                    rays_o_flat[i : i + rays_per_chunk],
-                    rays_d_flat[i : i + rays_per_chunk],
-                    light_flat[i : i + rays_per_chunk],
-                    **kwargs,
-                )
-                for i in range(0, n_rays, rays_per_chunk)
-            ]
-            res = {}
-            for key in ("comp_rgb_fg", "opacity", "depth", "z_variance", "comp_normal"):
-                if key in parts[0]:
-                    vals = [p[key] for p in parts]
-                    res[key] = torch.cat(vals if torch.is_grad_enabled() else [v.detach() for v in vals], 0)
-            comp_rgb_bg = self.background(dirs=rays_d)
+            res = self._render_in_chunks(flat_o, flat_d, flat_lights, **kwargs)
+        model_bg = self.background(dirs=rays_d)
+        behind = self._background_per_ray(bg_color, model_bg, shape)
 
-        opacity = res["opacity"]
-        if bg_color is None:
-            bg_color = comp_rgb_bg
-        elif bg_color.shape[:-1] == (batch_size,):
-            bg_color = bg_color[:, None, None, :].expand(-1, height, width, -1)
-        if bg_color.shape[:-1] == (batch_size, height, width):
-            bg_color = bg_color.reshape(batch_size * height * width, -1)
+        def image(t: Tensor) -> Tensor:
+            return t.reshape(b, h, w, t.shape[-1])
+
+        out: Dict[str, Any] = {key: image(res[key]) for key in self._RAY_KEYS}
         # alpha compositing over the background (NeRF's background term)
-        comp_rgb = res["comp_rgb_fg"] + bg_color * (1.0 - opacity)
-
-        out: Dict[str, Any] = {
-            "comp_rgb": comp_rgb.view(batch_size, height, width, -1),
-            "comp_rgb_fg": res["comp_rgb_fg"].view(batch_size, height, width, -1),
-            "comp_rgb_bg": comp_rgb_bg.view(batch_size, height, width, -1),
-            "opacity": opacity.view(batch_size, height, width, 1),
-            "depth": res["depth"].view(batch_size, height, width, 1),
-            "z_variance": res["z_variance"].view(batch_size, height, width, 1),
-        }
+        out["comp_rgb"] = image(res["comp_rgb_fg"] + behind * (1.0 - res["opacity"]))
+        out["comp_rgb_bg"] = image(model_bg)
         if self.training:
-            geo_out = res["_geo_out"]
-            out.update(
-                {
-                    "weights": res["_weights"],
-                    "t_points": res["_t_points"],
-                    "t_intervals": res["_t_intervals"],
-                    "t_dirs": res["_t_dirs"],
-                    "ray_indices": res["_ray_indices"],
-                    "points": res["_positions"],
-                    **geo_out,
-                }
-            )
-            if "normal" in geo_out:
-                if self.cfg.return_comp_normal:
-                    out["comp_normal"] = res["comp_normal"].view(batch_size, height, width, 3)
-                if self.cfg.return_normal_perturb:
-                    positions = res["_positions"]
-                    out["normal_perturb"] = self.geometry(
-                        positions + torch.randn_like(positions) * 1e-2, output_normal=self.material.requires_normal
-                    )["normal"]
+            out.update(self._per_sample_outputs(res, image))
         elif "comp_normal" in res:
-            out["comp_normal"] = res["comp_normal"].view(batch_size, height, width, 3)
+            out["comp_normal"] = image(res["comp_normal"])
         return out
-
-    def train(self, mode: bool = True):
-        self.randomized = mode and self.cfg.randomized
-        return super().train(mode=mode)
-
-    def eval(self):
-        self.randomized = False
-        return super().eval()
