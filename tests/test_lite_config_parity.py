@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from ddpo3d import lite
+from ddpo3d.utils.config import parse_structured
 
 FACTS_PATH = Path(__file__).parent / "data" / "threestudio-0.2.3-config-facts.json"
 FACTS = json.loads(FACTS_PATH.read_text())
@@ -131,3 +132,23 @@ def test_lite_system_requires_the_loss_keys_threestudio_reads(name):
     system = cls(lite_doubles.system_config())
     system.on_fit_start()
     assert system.guidance is not None
+
+
+@pytest.mark.parametrize(
+    "ours,base",
+    [
+        ("ddpo3d-stable-diffusion-guidance", "stable-diffusion-guidance"),
+        ("ddpo3d-deep-floyd-guidance", "deep-floyd-guidance"),
+    ],
+)
+def test_our_guidances_widen_the_step_percents_in_their_own_config(ours, base):
+    """threestudio types min/max_step_percent as float; our subclasses accept schedules on both hosts."""
+    from launch import default_custom_dirs, load_custom_modules
+
+    if ours not in lite.__modules__:
+        load_custom_modules(default_custom_dirs())
+    schedule = [0, 0.98, 0.02, 500]
+    cfg = parse_structured(lite.find(ours).Config, {"min_step_percent": schedule, "max_step_percent": schedule})
+    assert list(cfg.max_step_percent) == schedule
+    with pytest.raises(Exception, match="max_step_percent"):
+        parse_structured(lite.find(base).Config, {"max_step_percent": schedule})

@@ -692,8 +692,9 @@ class _Unavailable(Exception):
 
 
 SHIPPED_CONFIGS = sorted((EXT_DIR / "configs").glob("*.yaml"))
-#: threestudio classes whose construction needs tinycudann / nerfacc (CUDA extensions)
-CUDA_ONLY = {"implicit-volume", "nerf-volume-renderer"}
+#: threestudio classes whose construction needs CUDA: tinycudann / nerfacc, or (the environment
+#: map's encoding) a ``torch.cuda.device`` context
+CUDA_ONLY = {"implicit-volume", "nerf-volume-renderer", "neural-environment-map-background"}
 
 
 def shipped_config_overrides(path: Path, out: str, pipe: str, head: str, clip_name: str) -> list:
@@ -745,9 +746,9 @@ def _check_shipped_config(path: Path, work: str, tiny_sd: str, tiny_if, head: st
     out = os.path.join(work, "configs", path.stem)
     overrides = shipped_config_overrides(path, out, pipe, head, clip_name)
     cfg = load_config(str(path), cli_args=overrides, n_gpus=1)
-    sys_cfg = cfg.system
+    # threestudio's system parses its block the same way (strict, with its defaults filled in)
+    sys_cfg = parse_structured(threestudio.find(cfg.system_type).Config, cfg.system)
     parsed = {"system": cfg.system_type}
-    parse_structured(threestudio.find(cfg.system_type).Config, sys_cfg)
     for part in ("geometry", "material", "background", "renderer", "prompt_processor", "guidance", "exporter"):
         name = sys_cfg[f"{part}_type"]
         parse_structured(threestudio.find(name).Config, sys_cfg[part])
@@ -764,8 +765,17 @@ def _check_shipped_config(path: Path, work: str, tiny_sd: str, tiny_if, head: st
             kwargs.update(accelerator="cpu", devices=1)
             return real_trainer(*args, **kwargs)
 
+        import pytorch_lightning.loggers as pl_loggers
+
+        real_tb = pl_loggers.TensorBoardLogger
+
+        class CSVInsteadOfTensorBoard(pl_loggers.CSVLogger):
+            """tensorboard is a threestudio requirement that is not installed here."""
+
         runs = {}
         pl.Trainer = cpu_trainer
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            pl_loggers.TensorBoardLogger = CSVInsteadOfTensorBoard
         try:
             if src and os.path.isfile(os.path.join(src, "launch.py")):
                 spec = importlib.util.spec_from_file_location("threestudio_launch_main", os.path.join(src, "launch.py"))
@@ -785,6 +795,7 @@ def _check_shipped_config(path: Path, work: str, tiny_sd: str, tiny_if, head: st
             runs["ddpo3d_launch"] = _trial_files(os.path.join(out, "ddpo3d-launch"))
         finally:
             pl.Trainer = real_trainer
+            pl_loggers.TensorBoardLogger = real_tb
         data["trained"] = runs
         return data
 
@@ -795,8 +806,9 @@ def _check_shipped_config(path: Path, work: str, tiny_sd: str, tiny_if, head: st
     batch = dm.train_dataset.collate(None)
     built["data"] = cfg.data_type
     for part in ("material", "background"):
-        threestudio.find(parsed[part])(sys_cfg[part])
-        built[part] = parsed[part]
+        if parsed[part] not in CUDA_ONLY:
+            threestudio.find(parsed[part])(sys_cfg[part])
+            built[part] = parsed[part]
     pu = threestudio.find(parsed["prompt_processor"])(sys_cfg.prompt_processor)()
     guidance = threestudio.find(parsed["guidance"])(sys_cfg.guidance)
     guidance.update_step(0, 0)
