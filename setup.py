@@ -27,7 +27,9 @@ setup(
         # CUDA rasterizer for Gaussian splats (pure Python install; its kernels JIT-compile on CUDA)
         "gsplat": ["gsplat>=1.5.3"],
         # exact versions (ruff's formatting changes between releases) are in constraints.txt
-        "dev": ["pytest", "pytest-xdist", "ruff"],
+        "dev": ["pytest", "pytest-xdist", "ruff", "scikit-image"],
+        # marching cubes for --export on the built-in runtime (threestudio exports with its own code)
+        "export": ["scikit-image"],
     },
     entry_points={
         "console_scripts": ["ddpo3d-eval=ddpo3d.eval.__main__:main"],

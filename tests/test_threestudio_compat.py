@@ -709,7 +709,6 @@ def shipped_config_overrides(path: Path, out: str, pipe: str, head: str, clip_na
         f"system.prompt_processor.pretrained_model_name_or_path={pipe}",
         f"system.guidance.pretrained_model_name_or_path={pipe}",
         "system.guidance.half_precision_weights=false",
-        "system.guidance.objective.num_samples=2",
         f"system.guidance.reward.clip_model={clip_name}",
         "system.guidance.reward.clip_pretrained=null",
         "system.guidance.reward.allow_random_init=true",
@@ -727,6 +726,8 @@ def shipped_config_overrides(path: Path, out: str, pipe: str, head: str, clip_na
     ]
     if "ddpo3d-gaussian-splat" in text:
         overrides += ["system.geometry.num_points=200", "system.renderer.backend=torch"]
+    if "type: reward-backprop" not in text:
+        overrides.append("system.guidance.objective.num_samples=2")
     return overrides
 
 
@@ -809,7 +810,26 @@ def _check_shipped_config(path: Path, work: str, tiny_sd: str, tiny_if, head: st
         if parsed[part] not in CUDA_ONLY:
             threestudio.find(parsed[part])(sys_cfg[part])
             built[part] = parsed[part]
-    pu = threestudio.find(parsed["prompt_processor"])(sys_cfg.prompt_processor)()
+    if parsed["prompt_processor"] == "deep-floyd-prompt-processor":
+        # as in the deep_floyd check: T5 without 8-bit / device_map (CUDA, accelerate), float32
+        import threestudio.models.prompt_processors.deepfloyd_prompt_processor as dfpp
+
+        real_t5 = dfpp.T5EncoderModel
+
+        class _T5Float32:
+            @staticmethod
+            def from_pretrained(*args, **kwargs):
+                for key in ("load_in_8bit", "variant", "device_map"):
+                    kwargs.pop(key, None)
+                return real_t5.from_pretrained(*args, **{**kwargs, "torch_dtype": torch.float32})
+
+        dfpp.T5EncoderModel = _T5Float32
+        try:
+            pu = threestudio.find(parsed["prompt_processor"])(sys_cfg.prompt_processor)()
+        finally:
+            dfpp.T5EncoderModel = real_t5
+    else:
+        pu = threestudio.find(parsed["prompt_processor"])(sys_cfg.prompt_processor)()
     guidance = threestudio.find(parsed["guidance"])(sys_cfg.guidance)
     guidance.update_step(0, 0)
     built["prompt_processor"], built["guidance"] = parsed["prompt_processor"], parsed["guidance"]

@@ -59,7 +59,13 @@ class MarchingCubeCPUHelper(IsosurfaceHelper):
         if not (field.min() < 0.0 < field.max()):
             # no crossing: an empty mesh (PyMCubes' behaviour); callers report it
             return Mesh(torch.zeros(0, 3, device=device), torch.zeros(0, 3, dtype=torch.long, device=device))
-        from skimage.measure import marching_cubes
+        try:
+            from skimage.measure import marching_cubes
+        except ImportError as exc:
+            raise ImportError(
+                "mesh export on the built-in runtime needs scikit-image: pip install 'threestudio-ddpo3d[export]' "
+                "(or pip install scikit-image)"
+            ) from exc
 
         verts, faces, _, _ = marching_cubes(field, level=0.0)
         # skimage winds faces so that their normals point towards increasing values (inwards
