@@ -18,6 +18,8 @@ Example::
     DDPO3D_THREESTUDIO_SRC=/tmp/threestudio-src DDPO3D_THREESTUDIO_STUBS=1 \\
         pytest tests/test_threestudio_compat.py -m threestudio
 
+``DDPO3D_COMPAT_REPORT=<file>`` keeps the JSON report of the checks.
+
 All checks run in ONE subprocess (``DDPO3D_HOST=threestudio``; the rest of the suite uses the
 built-in runtime and ``ddpo3d.host`` is bound once per interpreter), which is this file run as
 a script; it writes a JSON report the tests below assert on. In that subprocess
@@ -919,6 +921,9 @@ def report(tmp_path_factory):
     if not out.is_file():
         pytest.fail(f"the threestudio check process wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     data = json.loads(out.read_text())
+    keep = os.environ.get("DDPO3D_COMPAT_REPORT")
+    if keep:  # keep the JSON report (pytest's tmp dirs are rotated)
+        Path(keep).write_text(out.read_text())
     if not data["import"]["ok"]:
         pytest.skip(
             f"threestudio is installed but does not import here ({data['import']['error']}); "
