@@ -14,10 +14,19 @@ from ddpo3d.testing.tiny_clip import (
     TINY_CLIP_EMBED_DIM,
     TINY_CLIP_NAME,
     build_tiny_clip,
+    register_tiny_clip,
     tiny_clip_options,
     write_tiny_clip_checkpoint,
 )
 from ddpo3d.utils.config import ConfigError
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tiny_clip_registered():
+    """The product does not know the tiny CLIP: this module registers it with open_clip."""
+    register_tiny_clip()
+
 
 PROMPTS = ["a red car", "a blue house", "a red car", "a tree"]
 PUBLISHED_HEAD_KEYS = [f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")]

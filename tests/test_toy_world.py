@@ -1,4 +1,4 @@
-"""The toy world end to end (issue 5): SDS rebuilds the object; DDPO3D moves a reward.
+"""The toy world end to end: SDS rebuilds the object; DDPO3D moves a reward.
 
 Reduced runs of the shipped toy configs (same seed, fewer steps, smaller images). Stated
 margins: SDS must gain >= 8 dB fidelity PSNR between step 0 and the end; DDPO3D with JPEG

@@ -4,7 +4,7 @@
   Hugging Face / open_clip caches; nothing is downloaded unless ``allow_download: true``
   (and never under ``HF_HUB_OFFLINE``). Missing weights raise
   :class:`ddpo3d.weights.WeightsNotFoundError`. Random weights only with an explicit
-  ``allow_random_init: true`` and no weights configured (tests, demos).
+  ``allow_random_init: true`` and no weights configured (tests, benchmarks).
 * Preprocessing is pure tensor ops so gradients reach the images: bicubic resize of the
   shortest side to the model's input size, centre crop, CLIP mean/std normalisation. This
   mirrors open_clip's eval transform (torchvision ``Resize(size, BICUBIC)`` +
@@ -65,7 +65,7 @@ class ClipConfig:
     clip_checkpoint: Optional[str] = None  # local weights file (.bin/.pt/.safetensors); overrides the cache lookup
     clip_cache_dir: Optional[str] = None  # extra cache folder searched (HF layout or open_clip URL files)
     clip_quick_gelu: Optional[bool] = None  # None: as the pretrained tag says (True for 'openai')
-    allow_random_init: bool = False  # tests/demos only: random CLIP when no weights are configured
+    allow_random_init: bool = False  # tests/benchmarks only: random CLIP when no weights are configured
     random_init_seed: int = 0  # seed of the random CLIP weights
     allow_download: bool = False  # let open_clip download missing weights (never under HF_HUB_OFFLINE)
     device: Optional[str] = None  # move the model here at build time (None: CPU; use .to() later)
@@ -217,10 +217,6 @@ def _quiet_open_clip():
 
 
 def _known_model(open_clip: Any, name: str, where: str) -> None:
-    if name == _tiny_name():
-        from ddpo3d.testing.tiny_clip import register_tiny_clip
-
-        register_tiny_clip()
     known = open_clip.list_models()
     if name not in known:
         hint = difflib.get_close_matches(name, known, n=3)
@@ -229,12 +225,6 @@ def _known_model(open_clip: Any, name: str, where: str) -> None:
             + (f"; close matches: {', '.join(hint)}" if hint else "")
             + " (open_clip.list_models() lists all)"
         )
-
-
-def _tiny_name() -> str:
-    from ddpo3d.testing.tiny_clip import TINY_CLIP_NAME
-
-    return TINY_CLIP_NAME
 
 
 def _find_pretrained_file(
@@ -337,7 +327,7 @@ def load_clip(cfg: Any, where: str = "CLIP") -> ClipBackbone:
         raise ConfigError(
             f"{where}: no weights configured for CLIP model {name!r}: set clip_pretrained (an open_clip "
             f"tag such as 'openai') or clip_checkpoint (a local file). Random weights only with "
-            f"allow_random_init: true (tests and demos)"
+            f"allow_random_init: true (tests and benchmarks)"
         )
     key = (
         name,

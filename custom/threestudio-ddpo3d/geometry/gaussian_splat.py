@@ -6,7 +6,7 @@ Parameters (``nn.Parameter``, gsplat's names), N rows each:
   rotations ``(w, x, y, z)`` (normalised when read); ``opacities [N]`` logits;
   ``sh0 [N, 1, 3]`` degree-0 SH; ``shN [N, (d+1)^2 - 1, 3]`` higher SH (absent for d = 0).
 
-Hooks a system calls (see ``docs`` in the module's functions and the report of issue 7)::
+Hooks a system calls (see the functions' docstrings)::
 
     groups = geometry.optimizer_param_groups({"eps": 1e-15})   # per-attribute lrs
     optimizer = torch.optim.Adam(groups + other_groups)
