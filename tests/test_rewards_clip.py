@@ -21,7 +21,6 @@ from ddpo3d.testing.tiny_clip import (
 from ddpo3d.utils.config import ConfigError
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _tiny_clip_registered():
     """The product does not know the tiny CLIP: this module registers it with open_clip."""
