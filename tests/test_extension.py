@@ -301,8 +301,7 @@ def test_every_reward_block_builds(block, tiny):
 
 
 def _real_weights_available() -> bool:
-    from ddpo3d.lite.models.prompt_processors.base import resolve_pretrained
-    from ddpo3d.weights import WeightsNotFoundError
+    from ddpo3d.weights import WeightsNotFoundError, resolve_pretrained
 
     try:
         resolve_pretrained("stabilityai/stable-diffusion-2-1-base", "Stable Diffusion 2.1 base")

@@ -256,7 +256,7 @@ def test_predictor_wraps_guidance_in_pixel_mode(guidance):
 
 # ---------------------------------------------------------------- real weights (skipped here)
 def _have_if_weights() -> bool:
-    from ddpo3d.lite.models.prompt_processors.base import resolve_pretrained
+    from ddpo3d.weights import resolve_pretrained
 
     try:
         resolve_pretrained("DeepFloyd/IF-I-XL-v1.0", "IF-I-XL", required_file=os.path.join("unet", "config.json"))

@@ -228,13 +228,13 @@ def test_pretrained_tag_is_found_in_hf_cache_without_download(empty_caches):
     expected = fake_hf_file(
         empty_caches / "hf", "timm/vit_large_patch14_clip_224.openai", "open_clip_pytorch_model.bin"
     )
-    path, pcfg = _find_pretrained_file(open_clip, "ViT-L-14", "openai", None, False, "test")
+    path, pcfg = _find_pretrained_file(open_clip, "ViT-L-14", "openai", None, "test")
     assert path == expected and pcfg["quick_gelu"] is True
     # an extra cache folder given in the config is searched too (open_clip URL layout)
     extra = empty_caches / "extra"
     extra.mkdir()
     (extra / "ViT-B-32.pt").write_bytes(b"x")
-    path, _ = _find_pretrained_file(open_clip, "ViT-B-32", "openai", str(extra), False, "test")
+    path, _ = _find_pretrained_file(open_clip, "ViT-B-32", "openai", str(extra), "test")
     assert path == str(extra / "ViT-B-32.pt")
 
 

@@ -31,10 +31,11 @@ from ddpo3d.lite.models.guidance.common import (
     resolve_weights_dtype,
     sds_outputs,
 )
-from ddpo3d.lite.models.prompt_processors.base import PromptProcessorOutput, resolve_pretrained
+from ddpo3d.lite.models.prompt_processors.base import PromptProcessorOutput
 from ddpo3d.lite.utils.base import BaseObject
 from ddpo3d.lite.utils.misc import C
 from ddpo3d.utils.typing import Any, Dict, Float, Int, Optional, Tensor
+from ddpo3d.weights import resolve_pretrained
 
 
 @threestudio.register("stable-diffusion-guidance")

@@ -8,9 +8,7 @@ that picks the embedding of each camera's direction. :class:`EncoderPromptProces
 what the tokenizer + text-encoder processors share (with :func:`freeze_text_encoder` and
 :func:`save_text_embeddings` for their loaders and ``spawn_func``).
 
-Also here: :func:`resolve_pretrained`, how the runtime finds diffusers / transformers weights
-(a local directory, else the Hugging Face cache, never a download unless
-``DDPO3D_ALLOW_DOWNLOAD=1`` and ``HF_HUB_OFFLINE`` unset).
+Weights are found by :func:`ddpo3d.weights.resolve_pretrained`.
 """
 
 from __future__ import annotations
@@ -33,65 +31,6 @@ DEFAULT_CACHE_DIR = ".threestudio_cache/text_embeddings"
 def hash_prompt(model: str, prompt: str) -> str:
     """Cache key of a prompt's embedding: ``md5(f"{model}-{prompt}")`` (threestudio's)."""
     return hashlib.md5(f"{model}-{prompt}".encode()).hexdigest()
-
-
-def download_allowed() -> bool:
-    """Whether loaders may fetch from the Hugging Face hub (``DDPO3D_ALLOW_DOWNLOAD=1`` and no
-    ``HF_HUB_OFFLINE``). Off by default: weights come from disk only."""
-    from ddpo3d.weights import hf_offline
-
-    return (
-        os.environ.get("DDPO3D_ALLOW_DOWNLOAD", "").strip().lower() in {"1", "true", "yes", "on"} and not hf_offline()
-    )
-
-
-def resolve_pretrained(name_or_path: str, what: str, required_file: str = "model_index.json") -> Tuple[str, bool]:
-    """Where to load a diffusers/transformers model from, without touching the network.
-
-    Args:
-        name_or_path: a local directory or a hub repo id (``stabilityai/stable-diffusion-2-1-base``).
-        what: human-readable model name for the error.
-        required_file: file that marks a usable local directory / cache snapshot.
-
-    Returns:
-        ``(path_or_repo_id, local_files_only)`` to pass to ``from_pretrained``.
-
-    Raises:
-        ddpo3d.weights.WeightsNotFoundError: naming the model, the places searched and how to
-            provide the weights.
-    """
-    from ddpo3d.weights import WeightsNotFoundError, hf_cache_dir
-
-    local = os.path.expanduser(str(name_or_path))
-    looked = []
-    if os.path.isdir(local):
-        if os.path.isfile(os.path.join(local, required_file)):
-            return local, True
-        looked.append(f"local directory: {os.path.abspath(local)} (exists but has no {required_file})")
-    else:
-        looked.append(f"local directory: {os.path.abspath(local)}")
-    parts = str(name_or_path).split("/")
-    if len(parts) == 2 and all(parts) and not local.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            snap = snapshot_download(str(name_or_path), local_files_only=True, cache_dir=hf_cache_dir())
-            if os.path.isfile(os.path.join(snap, required_file)):
-                return snap, True
-        except Exception:
-            pass
-        looked.append(
-            f"Hugging Face cache: {os.path.join(hf_cache_dir(), 'models--' + str(name_or_path).replace('/', '--'))}"
-        )
-        if download_allowed():
-            return str(name_or_path), False
-    raise WeightsNotFoundError(
-        what,
-        looked,
-        "point pretrained_model_name_or_path at a local diffusers folder, or fetch the repo once on a "
-        f"machine with internet (`huggingface-cli download {name_or_path}`) into the HF cache; set "
-        "DDPO3D_ALLOW_DOWNLOAD=1 to let the runtime download it",
-    )
 
 
 def shift_azimuth_deg(azimuth: Float[Tensor, "..."]) -> Float[Tensor, "..."]:
