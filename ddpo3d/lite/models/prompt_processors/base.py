@@ -53,9 +53,9 @@ class DirectionConfig:
 class PromptProcessorOutput:
     """Embeddings of a prompt and its view-dependent variants.
 
-    ``get_text_embeddings`` returns ``cat([cond, uncond])`` (threestudio's order, 2B rows);
-    :meth:`get_prompts` (our addition, absent from threestudio) returns the prompt string
-    each camera was conditioned on, for rewards that score images against text.
+    ``get_text_embeddings`` returns ``cat([cond, uncond])`` (threestudio's order, 2B rows).
+    The fields and methods are threestudio 0.2.3's and nothing more, so code written against
+    this class runs unchanged on threestudio.
     """
 
     text_embeddings: Float[Tensor, "N Nf"]
@@ -72,16 +72,6 @@ class PromptProcessorOutput:
     prompt: str
     prompts_vd: List[str]
 
-    def get_direction_idx(
-        self, elevation: Float[Tensor, " B"], azimuth: Float[Tensor, " B"], camera_distances: Float[Tensor, " B"]
-    ) -> Tensor:
-        """Index into ``directions`` per camera; later directions override earlier ones
-        (side is the default, then front, back, overhead)."""
-        idx = torch.zeros_like(elevation, dtype=torch.long)
-        for d in self.directions:
-            idx[d.condition(elevation, azimuth, camera_distances)] = self.direction2idx[d.name]
-        return idx
-
     def get_text_embeddings(
         self,
         elevation: Float[Tensor, " B"],
@@ -92,26 +82,17 @@ class PromptProcessorOutput:
         """``cat([cond, uncond], 0)`` for a batch of cameras (NB: cond first, as threestudio)."""
         batch_size = elevation.shape[0]
         if view_dependent_prompting:
-            idx = self.get_direction_idx(elevation, azimuth, camera_distances).to(self.text_embeddings_vd.device)
+            # later directions override earlier ones (side is the default, then front, back, overhead)
+            idx = torch.zeros_like(elevation, dtype=torch.long)
+            for d in self.directions:
+                idx[d.condition(elevation, azimuth, camera_distances)] = self.direction2idx[d.name]
+            idx = idx.to(self.text_embeddings_vd.device)
             text_embeddings = self.text_embeddings_vd[idx]
             uncond_text_embeddings = self.uncond_text_embeddings_vd[idx]
         else:
             text_embeddings = self.text_embeddings.expand(batch_size, -1, -1)
             uncond_text_embeddings = self.uncond_text_embeddings.expand(batch_size, -1, -1)
         return torch.cat([text_embeddings, uncond_text_embeddings], dim=0)
-
-    def get_prompts(
-        self,
-        elevation: Float[Tensor, " B"],
-        azimuth: Float[Tensor, " B"],
-        camera_distances: Float[Tensor, " B"],
-        view_dependent_prompting: bool = True,
-    ) -> List[str]:
-        """The prompt string per camera (the view-dependent one when enabled). Our addition."""
-        if not view_dependent_prompting:
-            return [self.prompt] * int(elevation.shape[0])
-        idx = self.get_direction_idx(elevation, azimuth, camera_distances)
-        return [self.prompts_vd[i] for i in idx.tolist()]
 
     def get_text_embeddings_perp_neg(self, *args, **kwargs):
         raise NotImplementedError("Perp-Neg (use_perp_neg) is not supported by the built-in runtime")
@@ -190,6 +171,7 @@ class PromptProcessor(BaseObject):
         prompt_debiasing_mask_ids: Optional[List[int]] = None
 
     cfg: Config
+    unsupported_keys = ("use_perp_neg", "use_prompt_debiasing")
 
     def configure_text_encoder(self) -> None:
         raise NotImplementedError
@@ -198,15 +180,6 @@ class PromptProcessor(BaseObject):
         raise NotImplementedError
 
     def configure(self) -> None:
-        if self.cfg.use_perp_neg:
-            raise NotImplementedError(
-                "use_perp_neg=true (Perp-Neg) is not supported by the built-in runtime; set "
-                "system.prompt_processor.use_perp_neg=false or install threestudio"
-            )
-        if self.cfg.use_prompt_debiasing:
-            raise NotImplementedError(
-                "use_prompt_debiasing=true (BERT prompt debiasing) is not supported by the built-in runtime"
-            )
         self._cache_dir = os.environ.get("DDPO3D_TEXT_EMBEDDING_CACHE") or DEFAULT_CACHE_DIR
         c = self.cfg
 
