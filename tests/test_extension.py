@@ -255,6 +255,7 @@ def test_missing_weights_message_names_model(tmp_path, capsys, monkeypatch):
     assert "stabilityai/stable-diffusion-2-1-base" in err
 
 
+@pytest.mark.slow
 def test_toy_run_passes_runtime_type_checks(tmp_path):
     """``--typecheck`` instruments every ddpo3d module (jaxtyping + typeguard): a fresh process."""
     import subprocess

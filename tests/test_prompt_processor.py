@@ -54,11 +54,10 @@ def test_prompt_front_style_and_manual_prompts(tiny_sd, cache_dir):
         "overhead view of a hamburger",
     ]
     out = pp()
-    names = [
-        out.directions[i].name
-        for i in out.get_direction_idx(torch.zeros(2), torch.tensor([40.0, 20.0]), torch.ones(2)).tolist()
-    ]
-    assert names == ["side", "front"]
+    # front_threshold 30: azimuth 40 is a side view, 20 a front view
+    emb = out.get_text_embeddings(torch.zeros(2), torch.tensor([40.0, 20.0]), torch.ones(2))
+    torch.testing.assert_close(emb[0], out.text_embeddings_vd[out.direction2idx["side"]])
+    torch.testing.assert_close(emb[1], out.text_embeddings_vd[out.direction2idx["front"]])
 
 
 def test_embedding_cache_hit_and_key(tiny_sd, cache_dir):
