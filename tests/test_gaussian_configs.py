@@ -145,6 +145,7 @@ def test_toy_gaussian_config_trains_reduced(config, tmp_path):
     assert all(math.isfinite(v) for _, v in metrics[("test", "psnr")])
 
 
+@pytest.mark.slow
 def test_toy_gaussians_raise_fidelity_psnr(tmp_path):
     """configs/toy/gaussian-sds.yaml, 80 seeded steps at 32² from 1000 Gaussians (densifying at
     steps 20, 40, 60 with the shipped threshold): the test-view PSNR against the toy object rises
