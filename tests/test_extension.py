@@ -15,6 +15,12 @@ from ddpo3d.testing.tiny_sd import build_tiny_sd_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 EXT_CONFIGS = sorted((ROOT / "custom" / "threestudio-ddpo3d" / "configs").glob("*.yaml"))
+# Gaussian configs: their reduced runs (with densification checks) are in test_gaussian_configs.py's
+# quick tier, so here they run in the slow tier only
+EXT_PARAMS = [
+    pytest.param(c, id=c.stem, marks=[pytest.mark.slow] if "ddpo3d-gaussian-splat" in c.read_text() else [])
+    for c in EXT_CONFIGS
+]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +92,7 @@ def read_lightning_csv(path: Path) -> dict:
     return out
 
 
-@pytest.mark.parametrize("config", EXT_CONFIGS, ids=[c.stem for c in EXT_CONFIGS])
+@pytest.mark.parametrize("config", EXT_PARAMS)
 def test_shipped_config_trains_reduced_on_cpu(config, tiny, tmp_path):
     from launch import main
 
