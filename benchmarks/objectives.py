@@ -1,4 +1,4 @@
-"""Benchmark of the alignment objectives (issue 3).
+"""Benchmark of the alignment objectives: cost per step and estimator quality.
 
 1. Cost: one full step (render leaf -> encode -> objective -> backward) of ``sds``, ``ddpo3d``
    (each target, unet_jacobian false / true) and ``reward-backprop`` with a tiny Stable Diffusion

@@ -52,6 +52,7 @@ parse_structured = importlib.import_module(f"{_ROOT}.utils.config").parse_struct
 
 # name -> (module path below the host root, attribute)
 _LAZY = {
+    "BaseGeometry": ("models.geometry.base", "BaseGeometry"),
     "PromptProcessorOutput": ("models.prompt_processors.base", "PromptProcessorOutput"),
     "PromptProcessor": ("models.prompt_processors.base", "PromptProcessor"),
     "StableDiffusionGuidance": ("models.guidance.stable_diffusion_guidance", "StableDiffusionGuidance"),

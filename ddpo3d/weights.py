@@ -6,8 +6,9 @@ everywhere:
 * a local file path always wins;
 * otherwise the Hugging Face hub cache (``HF_HUB_CACHE`` / ``HF_HOME``) and the open_clip
   URL cache (``~/.cache/clip``) are searched *without* network access;
-* nothing is ever downloaded unless the caller passes ``allow_download=True`` explicitly,
-  and never when ``HF_HUB_OFFLINE`` is set;
+* nothing is ever downloaded unless the one opt-in, the environment variable
+  ``DDPO3D_ALLOW_DOWNLOAD=1``, is set, and never when ``HF_HUB_OFFLINE`` is set
+  (:func:`downloads_allowed`); rewards, the built-in runtime and the extension all ask here;
 * when nothing is found, :class:`WeightsNotFoundError` says which model, every place that
   was searched, and how to provide the weights.
 """
@@ -17,10 +18,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ddpo3d.utils.typing import List, Optional, Sequence
+from ddpo3d.utils.typing import List, Optional, Sequence, Tuple
 
 __all__ = [
     "WeightsNotFoundError",
+    "DOWNLOAD_ENV",
+    "downloads_allowed",
     "hf_offline",
     "hf_cache_dir",
     "open_clip_cache_dir",
@@ -30,7 +33,11 @@ __all__ = [
     "describe_hf_file",
     "split_hf_spec",
     "resolve_weights_file",
+    "resolve_pretrained",
 ]
+
+#: The single opt-in to downloads (``1`` / ``true`` / ``yes`` / ``on``).
+DOWNLOAD_ENV = "DDPO3D_ALLOW_DOWNLOAD"
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -61,6 +68,12 @@ class WeightsNotFoundError(FileNotFoundError):
 def hf_offline() -> bool:
     """Whether ``HF_HUB_OFFLINE`` asks for no network access to the Hugging Face hub."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def downloads_allowed() -> bool:
+    """Whether loaders may fetch missing weights: ``$DDPO3D_ALLOW_DOWNLOAD`` is truthy and
+    ``HF_HUB_OFFLINE`` is not set. Off by default: weights come from disk only."""
+    return os.environ.get(DOWNLOAD_ENV, "").strip().lower() in _TRUE and not hf_offline()
 
 
 def hf_cache_dir() -> str:
@@ -122,7 +135,6 @@ def find_hf_file(
     filename: str,
     cache_dir: Optional[str] = None,
     revision: Optional[str] = None,
-    allow_download: bool = False,
 ) -> Optional[str]:
     """Path of ``filename`` from hub repo ``repo_id`` in the local cache, or ``None``.
 
@@ -131,11 +143,10 @@ def find_hf_file(
         filename: file inside the repo.
         cache_dir: hub cache to search (default: :func:`hf_cache_dir`).
         revision: branch / tag / commit (default ``main``).
-        allow_download: fetch from the hub when not cached. Ignored (no download) when
-            ``HF_HUB_OFFLINE`` is set. Default ``False``: nothing leaves this machine.
 
     Returns:
-        The local path, or ``None`` when the file is not cached (and not downloaded).
+        The local path, or ``None`` when the file is not cached and :func:`downloads_allowed`
+        is false (otherwise the file is downloaded into the cache).
     """
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -148,7 +159,7 @@ def find_hf_file(
         hit = None
     if isinstance(hit, str) and os.path.isfile(hit):
         return hit
-    if allow_download and not hf_offline():
+    if downloads_allowed():
         from huggingface_hub import hf_hub_download
 
         return hf_hub_download(repo_id, filename, cache_dir=cache_dir, revision=revision)
@@ -162,7 +173,6 @@ def resolve_weights_file(
     default_hf: Sequence[tuple] = (),
     how_to_get: str = "",
     cache_dir: Optional[str] = None,
-    allow_download: bool = False,
 ) -> str:
     """Find one weights file, or raise :class:`WeightsNotFoundError`.
 
@@ -178,7 +188,6 @@ def resolve_weights_file(
         default_hf: hub files tried (cache only) when ``spec`` is ``None``.
         how_to_get: instructions appended to the error.
         cache_dir: Hugging Face cache to search.
-        allow_download: passed to :func:`find_hf_file` (default ``False``).
 
     Returns:
         Path of an existing file.
@@ -201,8 +210,56 @@ def resolve_weights_file(
             return str(p)
         looked.append(f"local file: {p}" + (" (exists but is not a file)" if p.exists() else ""))
     for repo_id, filename in candidates_hf:
-        hit = find_hf_file(repo_id, filename, cache_dir=cache_dir, allow_download=allow_download)
+        hit = find_hf_file(repo_id, filename, cache_dir=cache_dir)
         if hit is not None:
             return hit
         looked.append(describe_hf_file(repo_id, filename, cache_dir))
     raise WeightsNotFoundError(model, looked, how_to_get)
+
+
+def resolve_pretrained(name_or_path: str, what: str, required_file: str = "model_index.json") -> Tuple[str, bool]:
+    """Where to load a diffusers / transformers model folder from, without touching the network.
+
+    Args:
+        name_or_path: a local directory or a hub repo id (``stabilityai/stable-diffusion-2-1-base``).
+        what: human-readable model name for the error.
+        required_file: file that marks a usable local directory / cache snapshot.
+
+    Returns:
+        ``(path_or_repo_id, local_files_only)`` to pass to ``from_pretrained``: a local folder
+        or cache snapshot with ``True``, or the repo id with ``False`` when it is not on disk
+        and :func:`downloads_allowed`.
+
+    Raises:
+        WeightsNotFoundError: naming the model, the places searched and how to provide the weights.
+    """
+    local = os.path.expanduser(str(name_or_path))
+    looked = []
+    if os.path.isdir(local):
+        if os.path.isfile(os.path.join(local, required_file)):
+            return local, True
+        looked.append(f"local directory: {os.path.abspath(local)} (exists but has no {required_file})")
+    else:
+        looked.append(f"local directory: {os.path.abspath(local)}")
+    parts = str(name_or_path).split("/")
+    if len(parts) == 2 and all(parts) and not local.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            snap = snapshot_download(str(name_or_path), local_files_only=True, cache_dir=hf_cache_dir())
+            if os.path.isfile(os.path.join(snap, required_file)):
+                return snap, True
+        except Exception:
+            pass
+        looked.append(
+            f"Hugging Face cache: {os.path.join(hf_cache_dir(), 'models--' + str(name_or_path).replace('/', '--'))}"
+        )
+        if downloads_allowed():
+            return str(name_or_path), False
+    raise WeightsNotFoundError(
+        what,
+        looked,
+        "point pretrained_model_name_or_path at a local diffusers folder, or fetch the repo once on a "
+        f"machine with internet (`huggingface-cli download {name_or_path}`) into the HF cache; set "
+        f"{DOWNLOAD_ENV}=1 to let ddpo3d download it",
+    )

@@ -1,5 +1,5 @@
 """ddim_step_with_logprob: same action distribution as diffusers' DDIMScheduler.step, a log-prob
-equal to an independent Gaussian computation, and its error cases (proof 5 of issue 3)."""
+equal to an independent Gaussian computation, and its error cases."""
 
 import math
 

@@ -35,6 +35,14 @@ class _TinyModels(dict):
         return self[key]
 
 
+# Gaussian configs: their reduced runs (with densification checks) are in test_gaussian_configs.py's
+# quick tier, so here they run in the slow tier only
+EXT_PARAMS = [
+    pytest.param(c, id=c.stem, marks=[pytest.mark.slow] if "ddpo3d-gaussian-splat" in c.read_text() else [])
+    for c in EXT_CONFIGS
+]
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     register_tiny_clip()
@@ -100,7 +108,7 @@ def read_lightning_csv(path: Path) -> dict:
     return out
 
 
-@pytest.mark.parametrize("config", EXT_CONFIGS, ids=[c.stem for c in EXT_CONFIGS])
+@pytest.mark.parametrize("config", EXT_PARAMS)
 def test_shipped_config_trains_reduced_on_cpu(config, tiny, tmp_path):
     from launch import main
 
@@ -193,6 +201,36 @@ def test_guidance_ddpo_gradient_reaches_render(tiny):
     assert math.isfinite(out["reward_mean"])
 
 
+def test_objective_draws_t_from_the_host_schedule(tiny):
+    """One t schedule: the host guidance's [min_step, max_step], not the objective's own."""
+    _load_extension()
+    ours = _guidance("ddpo3d-stable-diffusion-guidance", tiny, {"type": "none"})
+    ours.cfg.min_step_percent = [0, 0.25, 0.75, 10]  # the host resolves this schedule in update_step
+    ours.cfg.max_step_percent = [0, 0.25, 0.75, 10]
+    ours.update_step(0, 5)
+    assert (ours.min_step, ours.max_step) == (500, 500)
+    ours.set_min_max_steps(0.25, 0.25)  # the host's state alone moves: the objective's schedule still says 500
+    out = ours(
+        torch.rand(1, 32, 32, 3),
+        _prompt_utils(tiny),
+        elevation=torch.tensor([10.0]),
+        azimuth=torch.tensor([0.0]),
+        camera_distances=torch.tensor([2.0]),
+    )
+    assert out["t_mean"] == 250.0 and (out["min_step"], out["max_step"]) == (250, 250)
+
+
+@pytest.mark.parametrize("key", ["use_img_loss", "use_sjc"])
+def test_unhonoured_host_keys_are_rejected_before_loading(key, tmp_path):
+    _load_extension()
+    from ddpo3d.host import find
+    from ddpo3d.utils.config import ConfigError
+
+    cfg = {"pretrained_model_name_or_path": str(tmp_path / "not-loaded"), key: True, "reward": None}
+    with pytest.raises(ConfigError, match=f"guidance.{key}=True is not supported by DDPO3DStableDiffusionGuidance"):
+        find("ddpo3d-stable-diffusion-guidance")(cfg)
+
+
 def test_typo_in_reward_block_is_named(tiny, tmp_path, capsys):
     from launch import main
 
@@ -239,6 +277,7 @@ def test_missing_weights_message_names_model(tmp_path, capsys, monkeypatch):
     assert "stabilityai/stable-diffusion-2-1-base" in err
 
 
+@pytest.mark.slow
 def test_toy_run_passes_runtime_type_checks(tmp_path):
     """``--typecheck`` instruments every ddpo3d module (jaxtyping + typeguard): a fresh process."""
     import subprocess
@@ -315,8 +354,7 @@ def test_every_reward_block_builds(block, tiny):
 
 
 def _real_weights_available() -> bool:
-    from ddpo3d.lite.models.prompt_processors.base import resolve_pretrained
-    from ddpo3d.weights import WeightsNotFoundError
+    from ddpo3d.weights import WeightsNotFoundError, resolve_pretrained
 
     try:
         resolve_pretrained("stabilityai/stable-diffusion-2-1-base", "Stable Diffusion 2.1 base")

@@ -145,6 +145,7 @@ def test_toy_gaussian_config_trains_reduced(config, tmp_path):
     assert all(math.isfinite(v) for _, v in metrics[("test", "psnr")])
 
 
+@pytest.mark.slow
 def test_toy_gaussians_raise_fidelity_psnr(tmp_path):
     """configs/toy/gaussian-sds.yaml, 80 seeded steps at 32² from 1000 Gaussians (densifying at
     steps 20, 40, 60 with the shipped threshold): the test-view PSNR against the toy object rises
@@ -180,8 +181,8 @@ def test_toy_gaussians_raise_fidelity_psnr(tmp_path):
 
 def test_densify_stats_undo_the_amp_loss_scale():
     """Under fp16 AMP the retained view-space gradients carry the GradScaler's loss scale
-    (Lightning unscales only the parameters): ddpo3d-system divides it out before the
-    densification statistics, and skips a step whose scaled gradients overflowed."""
+    (Lightning unscales only the parameters): the geometry's densification callback divides it
+    out before the statistics, and skips a step whose scaled gradients overflowed."""
     from types import SimpleNamespace
 
     from ddpo3d.host import find, threestudio
@@ -190,8 +191,6 @@ def test_densify_stats_undo_the_amp_loss_scale():
 
     if "ddpo3d-system" not in threestudio.__modules__:
         load_custom_modules(default_custom_dirs())
-    system_cls = find("ddpo3d-system")
-    amp_loss_scale = __import__(system_cls.__module__, fromlist=["amp_loss_scale"]).amp_loss_scale
     dm = RandomCameraDataModule({"batch_size": 2, "width": 16, "height": 16})
     dm.setup()
     batch = dm.train_dataset.collate(None)
@@ -203,20 +202,20 @@ def test_densify_stats_undo_the_amp_loss_scale():
         ren.train()
         out = ren(**batch)
         (loss_scale * ((out["comp_rgb"] - 0.3) ** 2).sum()).backward()
-        fake = SimpleNamespace(
-            geometry=geo, _last_render=out, _trainer=SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler))
-        )
-        system_cls.on_before_optimizer_step(fake, optimizer=None)
-        return geo._grad_accum.clone(), getattr(fake, "_densify_optimizer", "unset")
+        (callback,) = geo.training_callbacks()
+        trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler))
+        callback.on_before_optimizer_step(trainer, SimpleNamespace(true_global_step=0), None)
+        return geo.strategy_state["grad2d"].clone(), callback._refine, callback
 
+    plain, refine, callback = stats(1.0, None)
+    amp_loss_scale = __import__(type(callback).__module__, fromlist=["amp_loss_scale"]).amp_loss_scale
     assert amp_loss_scale(None) == 1.0 and amp_loss_scale(SimpleNamespace(precision_plugin=object())) == 1.0
-    plain, _ = stats(1.0, None)
-    scaled, _ = stats(1024.0, torch.amp.GradScaler("cpu", init_scale=1024.0))
-    assert plain.abs().sum() > 0 and torch.allclose(scaled, plain, rtol=1e-4, atol=1e-8)
-    unscaled, _ = stats(1024.0, None)  # without the fix the statistics would be 1024x too large
+    scaled, _, _ = stats(1024.0, torch.amp.GradScaler("cpu", init_scale=1024.0))
+    assert refine and plain.abs().sum() > 0 and torch.allclose(scaled, plain, rtol=1e-4, atol=1e-8)
+    unscaled, _, _ = stats(1024.0, None)  # without the fix the statistics would be 1024x too large
     assert torch.allclose(unscaled, 1024.0 * plain, rtol=1e-4)
-    overflow, opt = stats(float("inf"), torch.amp.GradScaler("cpu", init_scale=1024.0))
-    assert (overflow == 0).all() and opt == "unset"  # skipped step: no statistics, no densification
+    overflow, refine, _ = stats(float("inf"), torch.amp.GradScaler("cpu", init_scale=1024.0))
+    assert (overflow == 0).all() and not refine  # skipped step: no statistics, no densification
 
 
 # ----------------------------------------------------------------------------- real threestudio

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ddpo3d import host
 from ddpo3d.gaussians import load_gaussians_ply
+from ddpo3d.gaussians.strategy import remove
 from ddpo3d.utils.config import ConfigError
 
 EXT_DIR = Path(__file__).resolve().parents[1] / "custom" / "threestudio-ddpo3d"
@@ -305,7 +306,7 @@ def _train_steps(geo, ren, opt, batch, n=3):
         opt.zero_grad()
         out = ren(**batch)
         ((out["comp_rgb"] - 0.2) ** 2).mean().backward()
-        geo.accumulate_viewspace_grads(out)
+        assert geo.step_post_backward()  # the renderer handed its view-space info over
         opt.step()
     return out
 
@@ -332,7 +333,7 @@ def test_densify_keeps_optimizer_state_consistent():
     _train_steps(geo, ren, opt, batch)
     with torch.no_grad():
         geo.opacities[:5] = -10.0
-    grads = geo._grad_accum / geo._grad_count.clamp_min(1)
+    grads = geo.strategy_state["grad2d"] / geo.strategy_state["count"].clamp_min(1)
     selected = grads > 0  # threshold 0: every Gaussian that was seen
     small = geo.get_scales().max(1).values <= 0.02
     clone_idx = torch.nonzero(selected & small).squeeze(1)
@@ -342,7 +343,9 @@ def test_densify_keeps_optimizer_state_consistent():
     state_before = {n: {k: v.clone() for k, v in opt.state[getattr(geo, n)].items()} for n in geo.param_names()}
     assert len(clone_idx) > 10 and len(split_idx) > 10
 
-    stats = geo.densify(opt)
+    params, stats = geo.strategy.densify(geo.params, opt, geo.strategy_state)
+    geo.set_params(params)
+    assert all(v.shape == (geo.num_points,) for v in geo.strategy_state.values())
     assert stats == {"cloned": len(clone_idx), "split": len(split_idx)}
     n_keep, n_clone, n_split = len(keep_idx), len(clone_idx), len(split_idx)
     assert geo.num_points == n_keep + n_clone + 2 * n_split
@@ -368,7 +371,8 @@ def test_densify_keeps_optimizer_state_consistent():
     low = geo.get_opacities() < geo.cfg.prune_opacity_threshold
     kept_means = geo.means[~low].detach().clone()
     kept_avg = opt.state[geo.means]["exp_avg"][~low].clone()
-    pruned = geo.prune(opt)
+    params, pruned = geo.strategy.prune(geo.params, opt, geo.strategy_state)
+    geo.set_params(params)
     assert pruned == int(low.sum()) >= 5 and geo.num_points == n_before - pruned
     assert torch.equal(geo.means, kept_means) and torch.equal(opt.state[geo.means]["exp_avg"], kept_avg)
     # training continues with the rewritten parameters and the same optimizer
@@ -396,10 +400,10 @@ def test_densify_and_prune_schedule_cap_and_opacity_reset():
     sizes = []
     for step in range(12):
         _train_steps(geo, ren, opt, batch, n=1)
-        stats = geo.densify_and_prune(step=step)  # bound optimizer
+        stats = geo.step_post_optimizer(step=step)  # bound optimizer
         sizes.append(geo.num_points)
         if step in (3, 6, 9):
-            assert "num_points" in stats and geo._grad_count.sum() == 0  # stats reset
+            assert "num_points" in stats and geo.strategy_state["count"].sum() == 0  # stats reset
         elif step not in (5,):
             assert stats == {}, (step, stats)
         if step == 5:
@@ -414,25 +418,26 @@ def test_densify_and_prune_schedule_cap_and_opacity_reset():
 def test_accumulate_errors_are_clear():
     geo, ren = make({"num_points": 30})
     ren.train()
+    assert not geo.step_post_backward()  # no training render yet: nothing to accumulate
     out = ren(**camera_batch())
     with pytest.raises(RuntimeError, match="after"):
-        geo.accumulate_viewspace_grads(out)
+        geo.step_post_backward()  # rendered, but no backward
     with pytest.raises(KeyError, match="viewspace_points"):
-        geo.accumulate_viewspace_grads({"comp_rgb": out["comp_rgb"]})
+        geo.strategy.step_post_backward(geo.strategy_state, {"comp_rgb": out["comp_rgb"]})
     other = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
     with pytest.raises(RuntimeError, match="optimizer_param_groups"):
-        geo.keep_gaussians(torch.ones(30, dtype=torch.bool), other)
+        remove(geo.params, other, torch.zeros(30, dtype=torch.bool))
 
 
 def test_checkpoint_with_different_point_count_loads():
     geo, _ = make({"num_points": 80, "sh_degree": 1})
-    geo.keep_gaussians(torch.arange(80) % 3 != 0)
+    geo.set_params(remove(geo.params, None, torch.arange(80) % 3 == 0))
     state = {k: v.clone() for k, v in geo.state_dict().items()}
     fresh = Geometry({"num_points": 10, "sh_degree": 1})
     fresh.load_state_dict(state)
     assert fresh.num_points == geo.num_points
     assert torch.equal(fresh.means, geo.means) and torch.equal(fresh.shN, geo.shN)
-    assert fresh._grad_accum.shape == (geo.num_points,)
+    assert fresh.strategy_state["grad2d"].shape == (geo.num_points,)
 
 
 def _psnr(a, b):

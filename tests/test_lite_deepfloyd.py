@@ -13,6 +13,7 @@ from ddpo3d.diffusion import UNetNoisePredictor
 from ddpo3d.lite.models.guidance.deep_floyd_guidance import DeepFloydGuidance
 from ddpo3d.lite.models.prompt_processors.base import hash_prompt
 from ddpo3d.lite.models.prompt_processors.deepfloyd_prompt_processor import DeepFloydPromptProcessor
+from ddpo3d.lite.utils.base import NotSupportedByLiteError
 from ddpo3d.testing import tiny_if
 from ddpo3d.testing.tiny_if import build_t5_tokenizer, build_tiny_if_pipeline
 from ddpo3d.utils.config import ConfigError
@@ -237,18 +238,13 @@ def test_guidance_missing_weights(tmp_path):
     assert "DeepFloyd IF pipeline" in str(err.value) and "nowhere" in str(err.value)
 
 
-def test_guidance_eval_previews(guidance, prompt_utils):
-    rgb = torch.rand(2, 32, 32, 3)
-    out = guidance(rgb, prompt_utils, **CAMS, guidance_eval=True)
-    ev = out["eval"]
-    assert ev["bs"] == 2 and len(ev["texts"]) == 2 and len(ev["noise_levels"]) == 2
-    for key in ("imgs_noisy", "imgs_1step", "imgs_1orig", "imgs_final"):
-        assert ev[key].shape == (2, 32, 32, 3) and torch.isfinite(ev[key]).all()
-        assert ev[key].min() >= 0 and ev[key].max() <= 1
+def test_guidance_eval_is_one_clear_error(guidance, prompt_utils):
+    with pytest.raises(NotSupportedByLiteError, match="guidance_eval=True is not supported by the built-in runtime"):
+        guidance(torch.rand(2, 32, 32, 3), prompt_utils, **CAMS, guidance_eval=True)
 
 
 def test_predictor_wraps_guidance_in_pixel_mode(guidance):
-    pred = guidance.predictor
+    pred = UNetNoisePredictor.from_guidance(guidance)
     assert isinstance(pred, UNetNoisePredictor) and not pred.latent_mode
     rgb = torch.rand(1, 32, 32, 3)
     torch.testing.assert_close(pred.encode(rgb), rgb.permute(0, 3, 1, 2) * 2 - 1)
@@ -256,7 +252,7 @@ def test_predictor_wraps_guidance_in_pixel_mode(guidance):
 
 # ---------------------------------------------------------------- real weights (skipped here)
 def _have_if_weights() -> bool:
-    from ddpo3d.lite.models.prompt_processors.base import resolve_pretrained
+    from ddpo3d.weights import resolve_pretrained
 
     try:
         resolve_pretrained("DeepFloyd/IF-I-XL-v1.0", "IF-I-XL", required_file=os.path.join("unet", "config.json"))

@@ -1,6 +1,6 @@
 """Objectives: SDS semantics, the stat tracker, the PPO loss, reward backprop, the combined
-per-step objective (shared forward, config errors, schedules) and proof 4 of issue 3 (Adam on a
-free image)."""
+per-step objective (shared forward, config errors, schedules), and that Adam on a free image
+driven by DDPO3D raises the reward."""
 
 import math
 import warnings

@@ -1,4 +1,4 @@
-"""Statistical proofs of issue 3 on the analytic prior (CPU, vectorised Monte Carlo).
+"""Each estimator against the closed-form gradient of its own target on the analytic prior (CPU, vectorised Monte Carlo).
 
 Each estimator is compared with ITS OWN closed form, per dimension, within 3 standard errors
 of the Monte-Carlo mean (SE = sample std / sqrt(N)). Dimensions are few (D = 6) so the

@@ -45,6 +45,7 @@ def _independent_jpeg_kb(images, quality=95):
 
 
 # --------------------------------------------------------------------------------------- registry
+@pytest.mark.slow  # a fresh interpreter importing torch: seconds of CPU for an import-cost check
 def test_import_is_light_and_threestudio_free():
     code = (
         "import sys; import ddpo3d.rewards as r; "

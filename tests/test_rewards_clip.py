@@ -14,10 +14,18 @@ from ddpo3d.testing.tiny_clip import (
     TINY_CLIP_EMBED_DIM,
     TINY_CLIP_NAME,
     build_tiny_clip,
+    register_tiny_clip,
     tiny_clip_options,
     write_tiny_clip_checkpoint,
 )
 from ddpo3d.utils.config import ConfigError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tiny_clip_registered():
+    """The product does not know the tiny CLIP: this module registers it with open_clip."""
+    register_tiny_clip()
+
 
 PROMPTS = ["a red car", "a blue house", "a red car", "a tree"]
 PUBLISHED_HEAD_KEYS = [f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")]
@@ -220,13 +228,13 @@ def test_pretrained_tag_is_found_in_hf_cache_without_download(empty_caches):
     expected = fake_hf_file(
         empty_caches / "hf", "timm/vit_large_patch14_clip_224.openai", "open_clip_pytorch_model.bin"
     )
-    path, pcfg = _find_pretrained_file(open_clip, "ViT-L-14", "openai", None, False, "test")
+    path, pcfg = _find_pretrained_file(open_clip, "ViT-L-14", "openai", None, "test")
     assert path == expected and pcfg["quick_gelu"] is True
     # an extra cache folder given in the config is searched too (open_clip URL layout)
     extra = empty_caches / "extra"
     extra.mkdir()
     (extra / "ViT-B-32.pt").write_bytes(b"x")
-    path, _ = _find_pretrained_file(open_clip, "ViT-B-32", "openai", str(extra), False, "test")
+    path, _ = _find_pretrained_file(open_clip, "ViT-B-32", "openai", str(extra), "test")
     assert path == str(extra / "ViT-B-32.pt")
 
 

@@ -18,7 +18,7 @@ def _have_vit_l14():
     from ddpo3d.rewards.clip import _find_pretrained_file
 
     try:
-        _find_pretrained_file(open_clip, "ViT-L-14", "openai", None, False, "probe")
+        _find_pretrained_file(open_clip, "ViT-L-14", "openai", None, "probe")
         return True
     except WeightsNotFoundError:
         return False

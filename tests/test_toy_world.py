@@ -1,6 +1,7 @@
-"""The toy world end to end (issue 5): SDS rebuilds the object; DDPO3D moves a reward.
+"""The toy world end to end: SDS rebuilds the object; DDPO3D moves a reward.
 
-Reduced runs of the shipped toy configs (same seed, fewer steps, smaller images). Stated
+The quick tier runs the README's main job for a few steps (every output is written); the
+``slow`` tier runs reduced runs of the shipped toy configs (same seed, fewer steps, smaller images). Stated
 margins: SDS must gain >= 8 dB fidelity PSNR between step 0 and the end; DDPO3D with JPEG
 compressibility (not differentiable) must end with a higher test reward than SDS alone, while
 its fidelity stays >= 18 dB (the object is still clearly the object; SDS alone reaches ~35 dB).
@@ -13,6 +14,7 @@ both SDS alone and the zero-mean control.
 """
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,26 @@ def _run(config: str, tmp_path: Path, tag: str, *extra: str) -> dict:
     return rows
 
 
+def test_main_job_runs_and_writes_its_outputs(tmp_path):
+    """configs/toy/ddpo-brightness.yaml (the README's main job), 4 steps on tiny images."""
+    from launch import main
+
+    args = ["--config", str(ROOT / "configs" / "toy" / "ddpo-brightness.yaml"), "--train", f"exp_root_dir={tmp_path}"]
+    tiny = ["data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16", "data.n_val_views=1"]
+    steps = ["trainer.max_steps=4", "trainer.val_check_interval=2", "data.n_test_views=2", "use_timestamp=false"]
+    assert main([*args, *tiny, *steps, "tag=quick"]) == 0
+    save = next(tmp_path.glob("*/quick/save"))
+    assert (save / "it4-test.mp4").is_file() and (save / "curves.png").is_file()
+    rows = {}
+    with open(save / "metrics.csv") as f:
+        for r in csv.DictReader(f):
+            rows.setdefault((r["split"], r["name"]), []).append((int(r["step"]), float(r["value"])))
+    assert [s for s, _ in rows[("val", "psnr")]] == [0, 2, 4]  # validation at step 0, then every 2 steps
+    for key in [("train", "loss_sds"), ("train", "loss_ddpo"), ("train", "reward_mean"), ("test", "reward")]:
+        assert key in rows and all(math.isfinite(v) for _, v in rows[key]), key
+    assert all(0.0 <= v <= 1.0 for _, v in rows[("test", "reward")])  # brightness is a mean intensity
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("toy")
@@ -56,12 +78,14 @@ def runs(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_sds_rebuilds_the_object(runs):
     psnr = runs["sds"][("val", "psnr")]
     assert psnr[-1] >= psnr[0] + 8.0, psnr
     assert runs["sds"][("test", "psnr")][-1] >= 25.0
 
 
+@pytest.mark.slow
 def test_ddpo3d_raises_a_non_differentiable_reward_within_the_fidelity_margin(runs):
     sds_reward = runs["sds"][("test", "reward")][-1]
     ddpo_reward = runs["ddpo"][("test", "reward")][-1]
@@ -69,6 +93,7 @@ def test_ddpo3d_raises_a_non_differentiable_reward_within_the_fidelity_margin(ru
     assert runs["ddpo"][("test", "psnr")][-1] >= 18.0
 
 
+@pytest.mark.slow
 def test_ddpo3d_signal_beats_the_zero_mean_control(runs):
     ddpo = runs["ddpo-bright"][("test", "reward")][-1]
     assert ddpo > runs["sds-bright"][("test", "reward")][-1]

@@ -124,9 +124,11 @@ def test_download_only_when_explicitly_allowed_and_online(hf_cache, monkeypatch)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("DDPO3D_ALLOW_DOWNLOAD", raising=False)
     assert find_hf_file("org/repo", "w.bin") is None and calls == []
+    monkeypatch.setenv("DDPO3D_ALLOW_DOWNLOAD", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert find_hf_file("org/repo", "w.bin", allow_download=True) is None and calls == []
+    assert find_hf_file("org/repo", "w.bin") is None and calls == []
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    assert find_hf_file("org/repo", "w.bin", allow_download=True) == "/downloaded"
+    assert find_hf_file("org/repo", "w.bin") == "/downloaded"
     assert calls == [("org/repo", "w.bin")]

@@ -1,6 +1,7 @@
-"""Gaussian splatting core: projection, spherical harmonics, rasterisation, PLY I/O and
-densification helpers. Stateless functions, no threestudio / runtime imports; the
-registered geometry and renderer live in ``custom/threestudio-ddpo3d``.
+"""Gaussian splatting core: projection, spherical harmonics, rasterisation, PLY I/O, and
+adaptive density control (stateless operations plus the small :class:`DensifyStrategy`, as
+gsplat splits them). No threestudio / runtime imports; the registered geometry, its
+densification callback and the renderer live in ``custom/threestudio-ddpo3d``.
 """
 
 from ddpo3d.gaussians.densify import knn_mean_sq_dist, optimizer_replace_param, split_gaussians  # noqa: F401
@@ -25,3 +26,4 @@ from ddpo3d.gaussians.rasterize import (  # noqa: F401
     resolve_backend,
 )
 from ddpo3d.gaussians.sh import SH_C0, eval_sh, num_sh_bases, rgb_to_sh0, sh0_to_rgb, sh_to_rgb  # noqa: F401
+from ddpo3d.gaussians.strategy import DensifyStrategy, duplicate, remove, reset_opacity, split  # noqa: F401

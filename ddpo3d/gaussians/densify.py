@@ -2,8 +2,8 @@
 stateless maths plus the optimizer surgery that keeps Adam's moments aligned with
 parameters whose number of rows changes.
 
-The policy (when to clone / split / prune) lives in the geometry class; these functions
-only do the row bookkeeping and the sampling.
+The policy (when to clone / split / prune) and the row operations live in
+:mod:`ddpo3d.gaussians.strategy`; these functions do the optimizer surgery and the sampling.
 """
 
 from __future__ import annotations

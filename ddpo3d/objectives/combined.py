@@ -23,7 +23,7 @@ from ddpo3d.objectives.ddpo3d import DDPO3D
 from ddpo3d.objectives.reward_backprop import RewardBackprop
 from ddpo3d.objectives.sds import SDS, SDSConfig, sample_noise
 from ddpo3d.utils.config import ConfigError, parse_structured, to_primitive
-from ddpo3d.utils.typing import Any, Callable, Dict, Float, Optional, Sequence, Tensor
+from ddpo3d.utils.typing import Any, Callable, Dict, Float, Optional, Sequence, Tensor, Tuple
 
 OBJECTIVES = {"ddpo3d": DDPO3D, "reward-backprop": RewardBackprop, "none": None}
 
@@ -82,6 +82,7 @@ class RewardGuidedSDS:
         reward: Optional[Callable[..., Tensor]] = None,
         x0: Optional[Float[Tensor, "B C h w"]] = None,
         generator: Optional[torch.Generator] = None,
+        t_range: Optional[Tuple[int, int]] = None,
     ) -> Dict[str, Any]:
         """One step's losses and diagnostics.
 
@@ -94,6 +95,9 @@ class RewardGuidedSDS:
                 reward-backprop); needed unless the objective is ``none``.
             x0: ``predictor.encode(images)`` if already computed.
             generator: RNG for t, ε and the policy's noise.
+            t_range: ``(min_step, max_step)`` of the host guidance's own schedule: t is drawn
+                from it (both ends included) instead of from this object's SDS schedule, so a
+                run has one t schedule; reported as ``min_step`` / ``max_step``.
 
         Returns:
             ``{"loss_sds", "loss_ddpo" | "loss_reward", ...scalar diagnostics}``.
@@ -102,7 +106,12 @@ class RewardGuidedSDS:
             x0 = predictor.encode(images)
         B = x0.shape[0]
         self.sds.num_train_timesteps = predictor.num_train_timesteps
-        t = self.sds.sample_timesteps(B, x0.device, generator)
+        if t_range is None:
+            t = self.sds.sample_timesteps(B, x0.device, generator)
+        else:  # the host's schedule (same draw as SDS.sample_timesteps, from the host's range)
+            gen_device = generator.device if generator is not None else x0.device
+            t = torch.randint(int(t_range[0]), int(t_range[1]) + 1, (B,), generator=generator, device=gen_device)
+            t = t.to(x0.device)
         noise = sample_noise(x0, generator)
 
         policy = self.objective if isinstance(self.objective, DDPO3D) and self.objective.active else None
@@ -125,6 +134,8 @@ class RewardGuidedSDS:
             "max_step": sds_out.max_step,
             "t_mean": float(t.float().mean()),
         }
+        if t_range is not None:
+            out["min_step"], out["max_step"] = int(t_range[0]), int(t_range[1])
 
         if isinstance(self.objective, DDPO3D):
             if policy is None:

@@ -126,7 +126,6 @@ class AestheticReward(Reward):
                 f"'{AESTHETIC_HEAD_URL}' , or set head_path: /path/to/{AESTHETIC_HEAD_FILE} in the reward block"
             ),
             cache_dir=self.cfg.clip_cache_dir,
-            allow_download=bool(self.cfg.allow_download),
         )
         self.head_file = path
         head = load_aesthetic_head(path)

@@ -1,10 +1,10 @@
 """Shared CLIP backbone for the CLIP-based rewards (aesthetic, clip-score).
 
 * Weights come from a local checkpoint file, or an open_clip pretrained tag found in the
-  Hugging Face / open_clip caches; nothing is downloaded unless ``allow_download: true``
-  (and never under ``HF_HUB_OFFLINE``). Missing weights raise
+  Hugging Face / open_clip caches; nothing is downloaded unless ``DDPO3D_ALLOW_DOWNLOAD=1``
+  (:func:`ddpo3d.weights.downloads_allowed`; never under ``HF_HUB_OFFLINE``). Missing weights raise
   :class:`ddpo3d.weights.WeightsNotFoundError`. Random weights only with an explicit
-  ``allow_random_init: true`` and no weights configured (tests, demos).
+  ``allow_random_init: true`` and no weights configured (tests, benchmarks).
 * Preprocessing is pure tensor ops so gradients reach the images: bicubic resize of the
   shortest side to the model's input size, centre crop, CLIP mean/std normalisation. This
   mirrors open_clip's eval transform (torchvision ``Resize(size, BICUBIC)`` +
@@ -35,8 +35,8 @@ from ddpo3d.utils.typing import Any, Dict, Float, List, Optional, Sequence, Tens
 from ddpo3d.weights import (
     WeightsNotFoundError,
     describe_hf_file,
+    downloads_allowed,
     find_hf_file,
-    hf_offline,
     open_clip_cache_dir,
 )
 
@@ -65,9 +65,8 @@ class ClipConfig:
     clip_checkpoint: Optional[str] = None  # local weights file (.bin/.pt/.safetensors); overrides the cache lookup
     clip_cache_dir: Optional[str] = None  # extra cache folder searched (HF layout or open_clip URL files)
     clip_quick_gelu: Optional[bool] = None  # None: as the pretrained tag says (True for 'openai')
-    allow_random_init: bool = False  # tests/demos only: random CLIP when no weights are configured
+    allow_random_init: bool = False  # tests/benchmarks only: random CLIP when no weights are configured
     random_init_seed: int = 0  # seed of the random CLIP weights
-    allow_download: bool = False  # let open_clip download missing weights (never under HF_HUB_OFFLINE)
     device: Optional[str] = None  # move the model here at build time (None: CPU; use .to() later)
 
 
@@ -217,10 +216,6 @@ def _quiet_open_clip():
 
 
 def _known_model(open_clip: Any, name: str, where: str) -> None:
-    if name == _tiny_name():
-        from ddpo3d.testing.tiny_clip import register_tiny_clip
-
-        register_tiny_clip()
     known = open_clip.list_models()
     if name not in known:
         hint = difflib.get_close_matches(name, known, n=3)
@@ -231,14 +226,8 @@ def _known_model(open_clip: Any, name: str, where: str) -> None:
         )
 
 
-def _tiny_name() -> str:
-    from ddpo3d.testing.tiny_clip import TINY_CLIP_NAME
-
-    return TINY_CLIP_NAME
-
-
 def _find_pretrained_file(
-    open_clip: Any, name: str, tag: str, cache_dir: Optional[str], allow_download: bool, where: str
+    open_clip: Any, name: str, tag: str, cache_dir: Optional[str], where: str
 ) -> Tuple[Optional[str], Dict[str, Any]]:
     """Local file of ``(name, tag)`` in the caches, plus the tag's config.
 
@@ -277,14 +266,14 @@ def _find_pretrained_file(
             if os.path.isfile(path):
                 return path, pcfg
             looked.append(f"open_clip URL cache: {path}")
-    if allow_download and not hf_offline():
+    if downloads_allowed():
         return None, pcfg
     raise WeightsNotFoundError(
         f"open_clip {name} (pretrained={tag!r})",
         looked,
         f'download once where there is network access: python -c "import open_clip; '
         f"open_clip.create_model('{name}', pretrained='{tag}')\" (fills the Hugging Face cache), "
-        f"or set clip_checkpoint: /path/to/weights in the reward block, or allow_download: true",
+        f"or set clip_checkpoint: /path/to/weights in the reward block, or set DDPO3D_ALLOW_DOWNLOAD=1",
     )
 
 
@@ -337,7 +326,7 @@ def load_clip(cfg: Any, where: str = "CLIP") -> ClipBackbone:
         raise ConfigError(
             f"{where}: no weights configured for CLIP model {name!r}: set clip_pretrained (an open_clip "
             f"tag such as 'openai') or clip_checkpoint (a local file). Random weights only with "
-            f"allow_random_init: true (tests and demos)"
+            f"allow_random_init: true (tests and benchmarks)"
         )
     key = (
         name,
@@ -369,9 +358,7 @@ def load_clip(cfg: Any, where: str = "CLIP") -> ClipBackbone:
         if tag is not None:
             pcfg = open_clip.get_pretrained_cfg(name, tag) or {}
     elif tag is not None:
-        path, pcfg = _find_pretrained_file(
-            open_clip, name, str(tag), cfg.clip_cache_dir, bool(cfg.allow_download), where
-        )
+        path, pcfg = _find_pretrained_file(open_clip, name, str(tag), cfg.clip_cache_dir, where)
     quick_gelu = cfg.clip_quick_gelu if cfg.clip_quick_gelu is not None else bool(pcfg.get("quick_gelu", False))
 
     with _quiet_open_clip():

@@ -1,1 +1,1 @@
-"""Tiny, seeded, offline models for tests, benchmarks and the CPU demo (no weights downloaded)."""
+"""Tiny, seeded, offline models for tests and benchmarks (no weights downloaded)."""

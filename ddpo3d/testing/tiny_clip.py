@@ -1,7 +1,8 @@
-"""A tiny open_clip model for tests, benchmarks and the CPU demo (offline, seeded, ~0.85 M params).
+"""A tiny open_clip model for tests and benchmarks (offline, seeded, ~0.85 M params).
 
-The config is registered with open_clip under :data:`TINY_CLIP_NAME`, so reward blocks can
-name it like any open_clip model::
+After :func:`register_tiny_clip` (the product never registers it: tests and benchmarks do),
+the config is known to open_clip under :data:`TINY_CLIP_NAME`, so reward blocks can name it
+like any open_clip model::
 
     {type: clip-score, clip_model: ddpo3d-tiny-clip, clip_pretrained: null, allow_random_init: true}
 
@@ -98,7 +99,8 @@ def build_tiny_clip(seed: int = 0) -> nn.Module:
 
 
 def tiny_clip_options(seed: int = 0) -> Dict[str, Any]:
-    """Reward-block options selecting the tiny CLIP with seeded random weights."""
+    """Reward-block options selecting the tiny CLIP with seeded random weights (registers it first)."""
+    register_tiny_clip()
     return {
         "clip_model": TINY_CLIP_NAME,
         "clip_pretrained": None,

@@ -6,21 +6,26 @@ Parameters (``nn.Parameter``, gsplat's names), N rows each:
   rotations ``(w, x, y, z)`` (normalised when read); ``opacities [N]`` logits;
   ``sh0 [N, 1, 3]`` degree-0 SH; ``shN [N, (d+1)^2 - 1, 3]`` higher SH (absent for d = 0).
 
-Hooks a system calls (see ``docs`` in the module's functions and the report of issue 7)::
+Training (3DGS's loop, see :mod:`ddpo3d.gaussians.strategy`)::
 
     groups = geometry.optimizer_param_groups({"eps": 1e-15})   # per-attribute lrs
     optimizer = torch.optim.Adam(groups + other_groups)
-    geometry.bind_optimizer(optimizer)      # optional: lr decay in update_step, default optimizer
+    geometry.bind_optimizer(optimizer)      # lr decay in update_step, default optimizer
     ...                                      # each step:
-    out = renderer(**batch); loss.backward()
-    geometry.accumulate_viewspace_grads(out) # after backward (reads out["viewspace_points"].grad)
+    out = renderer(**batch)                  # training mode: hands its view-space info to the geometry
+    loss.backward()
+    geometry.step_post_backward()            # densification statistics
     optimizer.step(); optimizer.zero_grad()
-    geometry.densify_and_prune(optimizer, global_step)   # no-op outside its schedule
+    geometry.step_post_optimizer(optimizer, global_step)   # densify / prune / reset on its schedule
+
+Under Lightning the geometry's own callback (:meth:`GaussianSplatGeometry.training_callbacks`,
+:class:`~.densification.GaussianDensification`) makes these calls; a system only returns the
+geometry's callbacks from ``configure_callbacks``.
 
 ``update_step`` (called by threestudio's systems every step) raises the active SH degree
 and, with a bound optimizer, sets the position learning rate (3DGS exponential decay).
 Densification rewrites the parameters; the Adam moments of surviving rows are kept and
-new rows start at zero, so the optimizer stays consistent (``optimizer_replace_param``).
+new rows start at zero, so the optimizer stays consistent.
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ddpo3d.gaussians.densify import knn_mean_sq_dist, optimizer_replace_param, split_gaussians
+from ddpo3d.gaussians.densify import knn_mean_sq_dist
 from ddpo3d.gaussians.ply import load_gaussians_ply, save_gaussians_ply
 from ddpo3d.gaussians.sh import num_sh_bases, rgb_to_sh0
-from ddpo3d.host import BaseModule, info, register, warn
+from ddpo3d.gaussians.strategy import DensifyStrategy
+from ddpo3d.host import BaseGeometry, info, register, warn
 from ddpo3d.utils.typing import Any, Dict, Float, List, Optional, Tensor, Tuple
 
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -60,11 +66,11 @@ def expon_lr(
 
 
 @register("ddpo3d-gaussian-splat")
-class GaussianSplatGeometry(BaseModule):
+class GaussianSplatGeometry(BaseGeometry):
     """3D Gaussians with SH colours, DreamGaussian/3DGS-style densification and pruning."""
 
     @dataclass
-    class Config(BaseModule.Config):
+    class Config(BaseGeometry.Config):
         # --- representation
         sh_degree: int = 0  # maximum SH degree 0..3 (DreamGaussian uses 0)
         sh_degree_increase_interval: int = 0  # steps per +1 active degree (3DGS: 1000); 0 = max at once
@@ -119,7 +125,12 @@ class GaussianSplatGeometry(BaseModule):
         self.active_sh_degree = 0 if self.cfg.sh_degree_increase_interval > 0 else self.cfg.sh_degree
         self.position_lr = self._position_lr_at(0)
         self._optimizer_ref = None
-        self._reset_stats()
+        c = self.cfg
+        self.strategy = DensifyStrategy(
+            **{k: getattr(c, k) for k in DensifyStrategy.__dataclass_fields__}  # the config's densify keys
+        )
+        self.strategy_state = self.strategy.initialize_state(self.num_points, self.means.device)
+        self._render_info: Optional[Dict[str, Any]] = None
 
     def _initial_gaussians(self) -> Dict[str, Tensor]:
         cfg = self.cfg
@@ -198,11 +209,15 @@ class GaussianSplatGeometry(BaseModule):
                 continue
             setattr(self, name, nn.Parameter(t))
 
-    def _reset_stats(self) -> None:
-        n, dev = self.num_points, self.means.device
-        self._grad_accum = torch.zeros(n, device=dev)
-        self._grad_count = torch.zeros(n, device=dev)
-        self._max_radii2d = torch.zeros(n, device=dev)
+    @property
+    def params(self) -> Dict[str, nn.Parameter]:
+        """The parameters that exist, by name (the dict :mod:`ddpo3d.gaussians.strategy` works on)."""
+        return {n: getattr(self, n) for n in self.param_names()}
+
+    def set_params(self, params: Dict[str, nn.Parameter]) -> None:
+        """Install parameters returned by a :mod:`ddpo3d.gaussians.strategy` operation."""
+        for name, p in params.items():
+            setattr(self, name, p)
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -314,191 +329,46 @@ class GaussianSplatGeometry(BaseModule):
         else:
             self.position_lr = self._position_lr_at(global_step)
 
-    @torch.no_grad()
-    def accumulate_viewspace_grads(self, render_out: Dict[str, Any]) -> None:
-        """Add this step's view-space positional gradient norms to the densification stats.
+    # ------------------------------------------------------------------ densification
+    def training_callbacks(self) -> List[Any]:
+        """The Lightning callback that drives this geometry's densification (a system returns
+        it from ``configure_callbacks``)."""
+        from .densification import GaussianDensification
 
-        Call after ``backward`` with the renderer's output. Uses ``viewspace_points``
-        (``[B, N, 2]`` pixel-space means whose ``.grad`` the renderer retained),
-        ``visibility_filter`` ``[B, N]`` and ``radii`` ``[B, N]``. Gradients are rescaled
-        from pixels to NDC (x ``W/2``, ``H/2``, as 3DGS's thresholds are in NDC) and by the
-        batch size (undoing a batch-mean loss), as gsplat's ``DefaultStrategy`` does.
-        """
-        pts = render_out.get("viewspace_points")
-        if pts is None:
-            raise KeyError(
-                "accumulate_viewspace_grads: render output has no 'viewspace_points' "
-                "(use ddpo3d-gaussian-splat-renderer in training mode)"
-            )
-        if pts.grad is None:
-            raise RuntimeError(
-                "accumulate_viewspace_grads: 'viewspace_points' has no gradient; call it after "
-                "loss.backward() on a training-mode render"
-            )
-        B, N = pts.shape[:2]
-        if N != self.num_points:
-            raise RuntimeError(
-                f"accumulate_viewspace_grads: render has {N} Gaussians, geometry has "
-                f"{self.num_points} (densified in between?)"
-            )
-        H, W = render_out["comp_rgb"].shape[1:3]
-        g = pts.grad.clone()
-        g[..., 0] *= 0.5 * W * B
-        g[..., 1] *= 0.5 * H * B
-        vis = render_out["visibility_filter"].to(g.dtype)
-        self._grad_accum += (g.norm(dim=-1) * vis).sum(0)
-        self._grad_count += vis.sum(0)
-        radii = render_out["radii"].to(g.dtype) * vis
-        self._max_radii2d = torch.maximum(self._max_radii2d, radii.max(0).values)
+        return [GaussianDensification(self)]
 
-    # ------------------------------------------------------------------ row surgery
-    def _rewrite_rows(self, optimizer, param_fn, state_fn) -> None:
-        """Replace every parameter by ``param_fn(name, tensor)`` and map its optimizer state
-        rows with ``state_fn(name, state_tensor)``."""
-        for name in self.param_names():
-            old = getattr(self, name)
-            new = nn.Parameter(param_fn(name, old.detach()), requires_grad=old.requires_grad)
-            if optimizer is not None and not optimizer_replace_param(
-                optimizer, old, new, lambda t, name=name: state_fn(name, t)
-            ):
-                raise RuntimeError(
-                    f"ddpo3d-gaussian-splat: parameter geometry.{name} is not in the optimizer's param groups; "
-                    f"build the optimizer from geometry.optimizer_param_groups() (or pass the right optimizer)"
-                )
-            setattr(self, name, new)
+    def step_pre_backward(self, info: Dict[str, Any]) -> None:
+        """Remember the training render's view-space info (the renderer calls this; ``info``
+        holds ``viewspace_points`` with a retained gradient, ``visibility_filter``, ``radii``,
+        ``width``, ``height``)."""
+        self._render_info = info
 
-    def append_gaussians(self, rows: Dict[str, Tensor], optimizer=None) -> None:
-        """Append Gaussians (raw parameter values per name); their optimizer moments start at 0."""
-        k = rows["means"].shape[0]
-        self._rewrite_rows(
-            optimizer,
-            lambda n, t: torch.cat([t, rows[n].to(t)], dim=0),
-            lambda n, s: torch.cat([s, s.new_zeros((k,) + s.shape[1:])], dim=0),
-        )
-        z = self._grad_accum.new_zeros(k)
-        self._grad_accum = torch.cat([self._grad_accum, z])
-        self._grad_count = torch.cat([self._grad_count, z])
-        self._max_radii2d = torch.cat([self._max_radii2d, z])
-
-    def keep_gaussians(self, keep: Tensor, optimizer=None) -> None:
-        """Keep only the rows where ``keep`` is True (parameters, optimizer state, stats)."""
-        keep = keep.to(self.means.device)
-        self._rewrite_rows(optimizer, lambda n, t: t[keep], lambda n, s: s[keep])
-        self._grad_accum = self._grad_accum[keep]
-        self._grad_count = self._grad_count[keep]
-        self._max_radii2d = self._max_radii2d[keep]
-
-    @torch.no_grad()
-    def densify(self, optimizer=None) -> Dict[str, int]:
-        """Clone small / split large Gaussians whose mean view-space gradient is at least
-        ``densify_grad_threshold`` (3DGS ``densify_and_clone`` / ``densify_and_split``).
+    def step_post_backward(self, loss_scale: float = 1.0) -> bool:
+        """Add the last training render's view-space gradients to the densification statistics
+        (after ``backward``; see :meth:`DensifyStrategy.step_post_backward`).
 
         Returns:
-            ``{"cloned": .., "split": ..}`` counts.
+            False when there was no training render, or its gradient is not finite (a skipped AMP step).
         """
-        c = self.cfg
-        grads = torch.where(
-            self._grad_count > 0, self._grad_accum / self._grad_count.clamp_min(1), torch.zeros_like(self._grad_accum)
-        )
-        selected = grads >= c.densify_grad_threshold
-        big = self.get_scales().max(dim=1).values > c.percent_dense * c.scene_extent
-        if c.max_num_points > 0:  # keep the highest gradients that fit the budget
-            budget = max(c.max_num_points - self.num_points, 0)
-            cost = torch.where(big, torch.full_like(grads, c.split_num - 1), torch.ones_like(grads))
-            order = torch.argsort(torch.where(selected, grads, torch.full_like(grads, -1.0)), descending=True)
-            fits = torch.cumsum(cost[order] * selected[order], 0) <= budget
-            allowed = torch.zeros_like(selected)
-            allowed[order] = fits
-            selected = selected & allowed
-        clone, split = selected & ~big, selected & big
-        n_clone, n_split = int(clone.sum()), int(split.sum())
-        if n_clone + n_split == 0:
-            return {"cloned": 0, "split": 0}
-        names = self.param_names()
-        new = {n: getattr(self, n).detach()[clone] for n in names}
-        if n_split:
-            means, log_scales = split_gaussians(self.means[split], self.scales[split], self.quats[split], c.split_num)
-            for n in names:
-                rep = getattr(self, n).detach()[split]
-                child = {"means": means, "scales": log_scales}.get(
-                    n, rep.repeat((c.split_num,) + (1,) * (rep.dim() - 1))
-                )
-                new[n] = torch.cat([new[n], child], dim=0)
-        n_old = self.num_points
-        self.append_gaussians(new, optimizer)
-        if n_split:  # remove the split parents
-            keep = torch.ones(self.num_points, dtype=torch.bool, device=self.means.device)
-            keep[:n_old][split] = False
-            self.keep_gaussians(keep, optimizer)
-        return {"cloned": n_clone, "split": n_split}
+        info, self._render_info = self._render_info, None
+        if info is None:
+            return False
+        return self.strategy.step_post_backward(self.strategy_state, info, loss_scale)
 
-    @torch.no_grad()
-    def prune(self, optimizer=None) -> int:
-        """Remove nearly transparent (and, if configured, too large) Gaussians.
-
-        Returns:
-            Number removed (0 if everything would go: a warning, nothing removed).
-        """
-        c = self.cfg
-        remove = self.get_opacities() < c.prune_opacity_threshold
-        if c.max_scale is not None:
-            remove |= self.get_scales().max(dim=1).values > c.max_scale * c.scene_extent
-        if c.max_screen_size is not None:
-            remove |= self._max_radii2d > c.max_screen_size
-        n = int(remove.sum())
-        if n == self.num_points:
-            warn("ddpo3d-gaussian-splat: pruning would remove every Gaussian; skipped")
-            return 0
-        if n:
-            self.keep_gaussians(~remove, optimizer)
-        return n
-
-    @torch.no_grad()
-    def reset_opacity(self, optimizer=None) -> None:
-        """Opacities to ``min(o, opacity_reset_value)`` with fresh optimizer moments for
-        them (3DGS ``reset_opacity``)."""
-        cap = torch.logit(torch.tensor(self.cfg.opacity_reset_value))
-        old = self.opacities
-        new = nn.Parameter(torch.minimum(old.detach(), cap.to(old)))
-        if optimizer is not None and not optimizer_replace_param(optimizer, old, new, torch.zeros_like):
-            raise RuntimeError("ddpo3d-gaussian-splat: geometry.opacities is not in the optimizer's param groups")
-        self.opacities = new
-
-    def densify_and_prune(self, optimizer: Optional[torch.optim.Optimizer] = None, step: int = 0) -> Dict[str, float]:
-        """The schedule of 3DGS's training loop, to call once per step after ``optimizer.step()``.
-
-        While ``step < densify_until_iter``: every ``densification_interval`` steps after
-        ``densify_from_iter`` densify, prune and reset the statistics; every
-        ``opacity_reset_interval`` steps reset opacities.
+    def step_post_optimizer(self, optimizer: Optional[torch.optim.Optimizer] = None, step: int = 0) -> Dict[str, float]:
+        """Densify / prune / reset on the strategy's schedule, once per step after ``optimizer.step()``.
 
         Args:
             optimizer: the optimizer holding the geometry's parameters (default: the bound one).
             step: the global step.
 
         Returns:
-            counts ``cloned``, ``split``, ``pruned``, ``num_points``, and the median / 90th
-            percentile of the mean view-space gradient norms (``grad_p50`` / ``grad_p90``,
-            to calibrate ``densify_grad_threshold``); empty on no-op steps.
+            the strategy's stats (empty on no-op steps).
         """
         optimizer = optimizer if optimizer is not None else self._bound_optimizer()
-        c = self.cfg
-        out: Dict[str, float] = {}
-        if step >= c.densify_until_iter:
-            return out
-        if step > c.densify_from_iter and c.densification_interval > 0 and step % c.densification_interval == 0:
-            seen = self._grad_count > 0
-            if seen.any():  # calibration aid for densify_grad_threshold (log these)
-                g = self._grad_accum[seen] / self._grad_count[seen]
-                out["grad_p50"] = float(g.median())
-                out["grad_p90"] = float(torch.quantile(g, 0.9))
-            out.update(self.densify(optimizer))
-            out["pruned"] = self.prune(optimizer)
-            out["num_points"] = self.num_points
-            self._reset_stats()
-        if c.opacity_reset_interval > 0 and step > 0 and step % c.opacity_reset_interval == 0:
-            self.reset_opacity(optimizer)
-            out["opacity_reset"] = 1
-        return out
+        params, stats = self.strategy.step_post_optimizer(self.params, optimizer, self.strategy_state, step)
+        self.set_params(params)
+        return stats
 
     # ------------------------------------------------------------------ I/O
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -510,7 +380,7 @@ class GaussianSplatGeometry(BaseModule):
             ):
                 setattr(self, name, nn.Parameter(torch.empty_like(state_dict[key], device=self.means.device)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._reset_stats()
+        self.strategy_state = self.strategy.initialize_state(self.num_points, self.means.device)
 
     def save_ply(self, path: str) -> str:
         """Write the Gaussians as a standard 3DGS PLY (see :mod:`ddpo3d.gaussians.ply`)."""

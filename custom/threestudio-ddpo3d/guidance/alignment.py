@@ -3,12 +3,16 @@
 Not registered itself: the registered guidances (one per file) combine
 :class:`AlignmentConfig` with their host base's ``Config`` and :class:`RewardAlignmentMixin`
 with the host base class, so the base's model loading, attributes and schedules stay
-threestudio's own.
+threestudio's own. The mixin owns the one ``__call__``; a guidance says only how the model
+input is made (:meth:`RewardAlignmentMixin.model_input`: SD latents, IF pixels, the toy
+world's images) and, when it is not text, how the conditions are made
+(:meth:`RewardAlignmentMixin.conditions`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -17,7 +21,7 @@ from ddpo3d.objectives.combined import RewardGuidedSDS
 from ddpo3d.objectives.sds import SDSConfig
 from ddpo3d.rewards import build_reward
 from ddpo3d.utils.config import ConfigError, to_primitive
-from ddpo3d.utils.typing import Any, Dict, Float, List, Optional, Tensor
+from ddpo3d.utils.typing import Any, Dict, Float, List, Optional, Tensor, Tuple
 
 #: SDS keys shared by threestudio's guidance configs and :class:`SDSConfig`.
 SDS_KEYS = [f for f in SDSConfig.__dataclass_fields__]
@@ -46,28 +50,51 @@ def view_prompts(
     camera_distances: Float[Tensor, " B"],
     view_dependent: bool,
 ) -> List[str]:
-    """The prompt string per view, on either host.
-
-    threestudio 0.2.3's ``PromptProcessorOutput`` has ``directions`` (with their ``condition``),
-    ``direction2idx`` and ``prompts_vd``; the built-in runtime adds ``get_prompts``. The
-    direction rule is threestudio's: later directions in the list override earlier ones.
+    """The prompt string per view, from threestudio 0.2.3's ``PromptProcessorOutput`` API
+    (``prompt``, ``directions`` with their ``condition``, ``direction2idx``, ``prompts_vd``),
+    which both hosts provide. The direction rule is threestudio's ``get_text_embeddings``:
+    later directions in the list override earlier ones.
     """
     n = int(elevation.shape[0])
     if not view_dependent:
         return [str(prompt_utils.prompt)] * n
-    if hasattr(prompt_utils, "get_prompts"):
-        return list(prompt_utils.get_prompts(elevation, azimuth, camera_distances, True))
     idx = torch.zeros_like(elevation, dtype=torch.long)
     for d in prompt_utils.directions:
         idx[d.condition(elevation, azimuth, camera_distances)] = prompt_utils.direction2idx[d.name]
     return [prompt_utils.prompts_vd[i] for i in idx.tolist()]
 
 
+def reject_unhonoured_keys(cls: type, cfg: Any) -> None:
+    """Raise :class:`ConfigError` when a raw guidance config sets a key of ``cls.unhonoured_keys``
+    to anything but its only accepted value (before the host loads any weights).
+
+    Args:
+        cls: the guidance class (its ``unhonoured_keys``: ``{key: accepted value}``).
+        cfg: the config as given (dict, DictConfig or None).
+    """
+    given = to_primitive(cfg) or {}
+    for key, accepted in getattr(cls, "unhonoured_keys", {}).items():
+        if key in given and given[key] != accepted:
+            raise ConfigError(
+                f"guidance.{key}={given[key]!r} is not supported by {cls.__name__} (the reward-aligned "
+                f"objective replaces the host's loss; only {key}={accepted!r} is accepted)"
+            )
+
+
 class RewardAlignmentMixin:
-    """Builds the reward and the :class:`RewardGuidedSDS` objective from the guidance config."""
+    """Builds the reward and the :class:`RewardGuidedSDS` objective from the guidance config
+    and implements the guidance call for every DDPO3D guidance."""
+
+    #: host config keys whose feature the objective does not implement: {key: the only accepted value}
+    unhonoured_keys: ClassVar[Dict[str, Any]] = {}
 
     reward: Optional[torch.nn.Module]
     objective: RewardGuidedSDS
+    predictor: Any
+
+    def __init__(self, cfg: Any = None, *args, **kwargs):
+        reject_unhonoured_keys(type(self), cfg)
+        super().__init__(cfg, *args, **kwargs)
 
     def configure_alignment(self) -> None:
         """Build ``self.reward`` and ``self.objective`` (call after the base ``configure``)."""
@@ -88,54 +115,99 @@ class RewardAlignmentMixin:
         if self.cfg.seed is not None:
             self.generator = torch.Generator(device=self.device).manual_seed(int(self.cfg.seed))
 
-    def text_conditions(
+    # ------------------------------------------------------------------ hooks
+    def model_input(
+        self, rgb: Float[Tensor, "B H W C"], rgb_as_latents: bool
+    ) -> Tuple[Optional[Float[Tensor, "B c h w"]], Float[Tensor, "B H W 3"]]:
+        """How the diffusion model's input is made from the render.
+
+        Args:
+            rgb: the render ``[B, H, W, 3]`` in [0, 1] (or latents when ``rgb_as_latents``).
+            rgb_as_latents: the system passes latents.
+
+        Returns:
+            ``(x0, images)``: the model-space input with its graph to ``rgb`` (None: the
+            predictor encodes ``images``) and the images the reward scores.
+        """
+        if rgb_as_latents:
+            raise NotImplementedError(f"{type(self).__name__} takes RGB renders only (rgb_as_latents=True)")
+        return None, rgb
+
+    def conditions(
         self,
+        rgb: Float[Tensor, "B H W C"],
         prompt_utils: Any,
-        elevation,
-        azimuth,
-        camera_distances,
+        elevation: Float[Tensor, " B"],
+        azimuth: Float[Tensor, " B"],
+        camera_distances: Float[Tensor, " B"],
+        **batch: Any,
+    ) -> Tuple[Any, Any]:
+        """``(cond, uncond)`` for the predictor: the text embeddings, threestudio's order
+        (``rgb`` and the rest of the batch are for guidances that condition on cameras)."""
+        emb = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting)
+        return emb.chunk(2)
+
+    def t_range(self) -> Optional[Tuple[int, int]]:
+        """The host guidance's ``[min_step, max_step]`` (its schedule, resolved in its
+        ``update_step``): the objective draws ``t`` from it, so there is one t schedule."""
+        return (int(self.min_step), int(self.max_step))
+
+    # ------------------------------------------------------------------ the call
+    def reward_prompts_for(self, prompt_utils: Any, elevation, azimuth, camera_distances) -> List[str]:
+        """The prompt per view the reward scores against (``reward_prompts``)."""
+        vd = self.cfg.reward_prompts == "view-dependent" and bool(getattr(self.cfg, "view_dependent_prompting", True))
+        return view_prompts(prompt_utils, elevation, azimuth, camera_distances, vd)
+
+    def __call__(
+        self,
+        rgb: Float[Tensor, "B H W C"],
+        prompt_utils: Any,
+        elevation: Float[Tensor, " B"],
+        azimuth: Float[Tensor, " B"],
+        camera_distances: Float[Tensor, " B"],
         rgb_as_latents: bool = False,
         guidance_eval: bool = False,
-        latents_ok: bool = False,
-    ):
-        """Check the call options and return ``(cond, uncond, prompts)`` for a text-conditioned UNet.
+        **kwargs: Any,
+    ) -> Dict[str, Any]:
+        """threestudio's guidance call: one step of SDS + the alignment objective.
 
-        Raises:
-            NotImplementedError: for ``guidance_eval``, Perp-Neg prompts, or latents where not supported.
+        Args:
+            rgb: renders ``[B, H, W, 3]`` in [0, 1] (``comp_rgb``), or latents where the
+                guidance accepts them.
+            prompt_utils: the prompt processor's output.
+            elevation, azimuth, camera_distances: camera parameters ``[B]`` (degrees).
+            rgb_as_latents: ``rgb`` holds latents (see :meth:`model_input`).
+            guidance_eval: not supported with alignment (an error).
+            **kwargs: the rest of the batch (the toy guidance reads ``rays_o`` / ``rays_d``).
+
+        Returns:
+            ``loss_sds``, ``loss_ddpo`` / ``loss_reward`` and scalar diagnostics
+            (``grad_norm`` is threestudio's SDS gradient norm). When the objective is
+            ``none`` but a reward is configured, the reward of the render is logged (no
+            gradient) so runs stay comparable.
         """
         name = type(self).__name__
         if guidance_eval:
             raise NotImplementedError(f"guidance_eval is not supported by {name}")
-        if rgb_as_latents and not latents_ok:
-            raise NotImplementedError(f"{name} takes RGB renders only (rgb_as_latents=True)")
         if getattr(prompt_utils, "use_perp_neg", False):
             raise NotImplementedError("Perp-Neg prompts (use_perp_neg) are not supported with reward alignment")
-        emb = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting)
-        cond, uncond = emb.chunk(2)  # threestudio's order: cond, then uncond
-        return cond, uncond, self.reward_prompts_for(prompt_utils, elevation, azimuth, camera_distances)
-
-    def reward_prompts_for(self, prompt_utils: Any, elevation, azimuth, camera_distances) -> List[str]:
-        vd = self.cfg.reward_prompts == "view-dependent" and bool(getattr(self.cfg, "view_dependent_prompting", True))
-        return view_prompts(prompt_utils, elevation, azimuth, camera_distances, vd)
-
-    def align(
-        self,
-        rgb: Float[Tensor, "B H W 3"],
-        predictor: Any,
-        cond: Any,
-        uncond: Any,
-        prompts: List[str],
-        x0: Optional[Tensor] = None,
-    ) -> Dict[str, Any]:
-        """One step of SDS + the alignment objective (``grad_norm`` is threestudio's SDS gradient norm).
-
-        When the objective is ``none`` but a reward is configured, the reward of the render is
-        logged (no gradient) so runs stay comparable.
-        """
-        out = self.objective(rgb, predictor, cond, uncond, prompts, self.reward, x0=x0, generator=self.generator)
+        cond, uncond = self.conditions(rgb, prompt_utils, elevation, azimuth, camera_distances, **kwargs)
+        prompts = self.reward_prompts_for(prompt_utils, elevation, azimuth, camera_distances)
+        x0, images = self.model_input(rgb, rgb_as_latents)
+        out = self.objective(
+            images,
+            self.predictor,
+            cond,
+            uncond,
+            prompts,
+            self.reward,
+            x0=x0,
+            generator=self.generator,
+            t_range=self.t_range(),
+        )
         if self.reward is not None and "reward_mean" not in out:
             with torch.no_grad():
-                scores = self.reward(rgb.detach().clamp(0, 1), prompts)
+                scores = self.reward(images.detach().clamp(0, 1), prompts)
             out["reward_mean"] = float(scores.float().mean())
         return out
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ddpo3d.diffusion.unet import UNetNoisePredictor
 from ddpo3d.host import DeepFloydGuidance, register
-from ddpo3d.utils.typing import Any
+from ddpo3d.utils.typing import Any, Float, Optional, Tensor, Tuple
 
 from .alignment import AlignmentConfig, RewardAlignmentMixin
 
@@ -38,29 +38,11 @@ class DDPO3DDeepFloydGuidance(RewardAlignmentMixin, DeepFloydGuidance):
         self.resolution = int(self.unet.config.sample_size)
         self.configure_alignment()
 
-    def __call__(
-        self,
-        rgb,
-        prompt_utils,
-        elevation,
-        azimuth,
-        camera_distances,
-        rgb_as_latents: bool = False,
-        guidance_eval: bool = False,
-        **kwargs,
-    ):
-        """threestudio's guidance call; returns ``loss_sds``, ``loss_ddpo``/``loss_reward`` and scalars.
-
-        Args:
-            rgb: renders ``[B, H, W, 3]`` in [0, 1].
-            prompt_utils: the (DeepFloyd) prompt processor's output.
-            elevation, azimuth, camera_distances: camera parameters ``[B]`` (degrees).
-        """
-        cond, uncond, prompts = self.text_conditions(
-            prompt_utils, elevation, azimuth, camera_distances, rgb_as_latents, guidance_eval
-        )
-        x = F.interpolate(
-            rgb.permute(0, 3, 1, 2), (self.resolution, self.resolution), mode="bilinear", align_corners=False
-        )
-        x0 = x * 2.0 - 1.0
-        return self.align(rgb, self.predictor, cond, uncond, prompts, x0=x0)
+    def model_input(
+        self, rgb: Float[Tensor, "B H W C"], rgb_as_latents: bool
+    ) -> Tuple[Optional[Float[Tensor, "B 3 h w"]], Float[Tensor, "B H W 3"]]:
+        """Pixels: the render resized to the UNet's size, scaled to [-1, 1]."""
+        if rgb_as_latents:
+            raise NotImplementedError(f"{type(self).__name__} takes RGB renders only (rgb_as_latents=True)")
+        size = (self.resolution, self.resolution)
+        return F.interpolate(rgb.permute(0, 3, 1, 2), size, mode="bilinear", align_corners=False) * 2.0 - 1.0, rgb

@@ -17,7 +17,7 @@ from ddpo3d.diffusion.analytic import AnalyticGaussianPrior
 from ddpo3d.host import BaseObject, register
 from ddpo3d.objectives.sds import SDSConfig
 from ddpo3d.toy import parse_toy_prompt, render_toy_object
-from ddpo3d.utils.typing import Float, List, Optional, Tensor
+from ddpo3d.utils.typing import Any, Float, List, Optional, Tensor, Tuple
 
 from .alignment import AlignmentConfig, RewardAlignmentMixin
 
@@ -51,29 +51,26 @@ class ToyGuidance(RewardAlignmentMixin, BaseObject):
         )
         return rgb
 
-    def __call__(
+    def conditions(
         self,
-        rgb: Float[Tensor, "B H W 3"],
-        prompt_utils,
-        elevation,
-        azimuth,
-        camera_distances,
-        rgb_as_latents: bool = False,
-        guidance_eval: bool = False,
+        rgb: Float[Tensor, "B H W C"],
+        prompt_utils: Any,
+        elevation: Float[Tensor, " B"],
+        azimuth: Float[Tensor, " B"],
+        camera_distances: Float[Tensor, " B"],
         rays_o: Optional[Tensor] = None,
         rays_d: Optional[Tensor] = None,
-        **kwargs,
-    ):
-        """Guidance call; needs the batch's ``rays_o`` / ``rays_d`` (systems pass ``**batch``)."""
-        if rgb_as_latents or guidance_eval:
-            raise NotImplementedError("ddpo3d-toy-guidance works on RGB renders only (no latents, no guidance_eval)")
+        **batch: Any,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """The prior's component means from the batch's cameras (systems pass ``**batch``):
+        ``cond`` the named object's render, ``uncond`` (when ``guidance_scale != 0``) the
+        ``uncond_prompts`` objects' renders."""
         if rays_o is None or rays_d is None:
             raise ValueError("ddpo3d-toy-guidance needs the camera batch's rays_o and rays_d (pass **batch)")
         if tuple(rays_o.shape[1:3]) != tuple(rgb.shape[1:3]):
             raise ValueError(f"rays {tuple(rays_o.shape)} do not match the render {tuple(rgb.shape)}")
-        prompt = str(prompt_utils.prompt)
         with torch.no_grad():
-            cond = self.predictor.encode(self.reference(prompt, rays_o, rays_d))[:, None]
+            cond = self.predictor.encode(self.reference(str(prompt_utils.prompt), rays_o, rays_d))[:, None]
             uncond = None
             if self.cfg.guidance_scale != 0:
                 refs = [
@@ -81,5 +78,9 @@ class ToyGuidance(RewardAlignmentMixin, BaseObject):
                     for o in self.uncond_objects
                 ]
                 uncond = torch.stack([self.predictor.encode(r) for r in refs], 1)
-        prompts = self.reward_prompts_for(prompt_utils, elevation, azimuth, camera_distances)
-        return self.align(rgb, self.predictor, cond, uncond, prompts)
+        return cond, uncond
+
+    def t_range(self) -> None:
+        """No host guidance: the objective's own schedule of ``min_step_percent`` /
+        ``max_step_percent`` is the only one."""
+        return None

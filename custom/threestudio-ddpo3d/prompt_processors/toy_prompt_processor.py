@@ -6,25 +6,26 @@ sphere"), so there are no embeddings to compute; the output carries the prompt s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ddpo3d.host import BaseObject, register
 from ddpo3d.toy import parse_toy_prompt
-from ddpo3d.utils.typing import Float, List, Tensor
+from ddpo3d.utils.typing import Any, Dict, List
 
 
 @dataclass
 class ToyPromptOutput:
-    """The toy prompt processor's output (duck-types the parts of ``PromptProcessorOutput`` we use)."""
+    """The toy prompt processor's output: the fields of threestudio 0.2.3's
+    ``PromptProcessorOutput`` that name prompts (one prompt for every view, no directions)."""
 
     prompt: str
     use_perp_neg: bool = False
+    directions: List[Any] = field(default_factory=list)
+    direction2idx: Dict[str, int] = field(default_factory=dict)
+    prompts_vd: List[str] = field(default_factory=list)
 
-    def get_prompts(
-        self, elevation: Float[Tensor, " B"], azimuth, camera_distances, view_dependent_prompting=True
-    ) -> List[str]:
-        """The prompt per view (the toy world has no view-dependent phrasing)."""
-        return [self.prompt] * int(elevation.shape[0])
+    def __post_init__(self) -> None:
+        self.prompts_vd = self.prompts_vd or [self.prompt]  # index 0 for every view
 
     def get_text_embeddings(self, *args, **kwargs):
         raise NotImplementedError(

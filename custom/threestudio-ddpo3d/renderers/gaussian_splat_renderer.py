@@ -191,10 +191,19 @@ class GaussianSplatRenderer(BaseModule):
         comp_rgb = comp_rgb_fg + (1.0 - alpha) * comp_rgb_bg
 
         means2d = meta["means2d"]
-        if self.training and means2d.requires_grad:
-            means2d.retain_grad()  # densification reads its gradient after backward
         radii = meta["radii"]
         radii = radii.max(dim=-1).values if radii.dim() == 3 else radii
+        if self.training and means2d.requires_grad:
+            means2d.retain_grad()  # densification reads its gradient after backward
+            geo.step_pre_backward(
+                {
+                    "viewspace_points": means2d,
+                    "visibility_filter": radii > 0,
+                    "radii": radii,
+                    "width": width,
+                    "height": height,
+                }
+            )
         return {
             "comp_rgb": comp_rgb,
             "comp_rgb_fg": comp_rgb_fg,

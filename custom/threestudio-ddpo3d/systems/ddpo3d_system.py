@@ -12,7 +12,8 @@ losses, regularisers, validation grids, test turntable video), plus:
   against steps at every validation and at the end;
 * test views are also saved as plain RGB (``save/it<step>-test-rgb/<i>.png``) for
   ``python -m ddpo3d.eval``;
-* geometries with ``densify_and_prune`` (Gaussian splats) get their densification hooks.
+* a geometry's own training callbacks (``geometry.training_callbacks()``: Gaussian splats'
+  densification) are attached through ``configure_callbacks``.
 
 Dropping SDS after N steps (the DDPO3D ablation) is the usual schedule on the weight:
 ``lambda_sds: [N, 1.0, 0.0, N+1]``.
@@ -35,18 +36,10 @@ from ddpo3d.utils.typing import Any, Dict, List, Optional
 from .metrics import MetricHistory
 
 REFERENCES = (None, "toy")
-# train_params/: the loss weights; train/densify_*: logged only on densification steps, so
-# Lightning's callback_metrics would repeat their last value at every later step
+# train_params/: the loss weights; train/densify_*: logged only on densification steps (their
+# callback records them in the history itself), so Lightning's callback_metrics would repeat
+# their last value at every later step
 TRAIN_KEYS_SKIP = ("train_params/", "train/densify_")
-
-
-def amp_loss_scale(trainer: Any) -> float:
-    """The fp16 AMP loss scale of a Lightning trainer's ``GradScaler`` (1.0 without one)."""
-    plugin = getattr(trainer, "precision_plugin", None) if trainer is not None else None
-    scaler = getattr(plugin, "scaler", None)
-    if scaler is None or not scaler.is_enabled():
-        return 1.0
-    return float(scaler.get_scale())
 
 
 @register("ddpo3d-system")
@@ -161,52 +154,12 @@ class DDPO3DSystem(DreamFusion):
         if getattr(self, "_fit_t0", None) is None:
             self._fit_t0 = time.perf_counter()
         values["elapsed_s"] = time.perf_counter() - self._fit_t0  # wall time since the first step ended
-        values.update(getattr(self, "_densify_stats", None) or {})  # this step's densification only
-        self._densify_stats = None
         self.history.add(self.true_global_step, "train", values)
 
-    def on_before_optimizer_step(self, optimizer):
-        geometry = getattr(self, "geometry", None)
-        hook = getattr(geometry, "densify_and_prune", None)
-        render = getattr(self, "_last_render", None)
-        if hook is not None and render is not None:
-            points = render.get("viewspace_points")
-            scale = amp_loss_scale(getattr(self, "_trainer", None))
-            if points is not None and points.grad is not None and scale != 1.0:
-                # fp16 AMP: Lightning unscales the parameters' gradients before this hook, not
-                # the retained view-space ones; a skipped (inf) step must not reach the stats
-                points.grad.div_(scale)
-                if not torch.isfinite(points.grad).all():
-                    return
-            geometry.accumulate_viewspace_grads(render)
-            self._densify_optimizer = optimizer
-
-    def optimizer_step(self, *args, **kwargs):
-        result = super().optimizer_step(*args, **kwargs)
-        geometry = getattr(self, "geometry", None)
-        optimizer = getattr(self, "_densify_optimizer", None)
-        if optimizer is not None and hasattr(geometry, "densify_and_prune"):
-            stats = geometry.densify_and_prune(optimizer, self.true_global_step) or {}
-            self._densify_optimizer = None
-            for k, v in stats.items():
-                self.log(f"train/densify_{k}", float(v))
-            self._densify_stats = {f"densify_{k}": float(v) for k, v in stats.items()}
-        return result
-
-    def configure_optimizers(self):
-        ret = super().configure_optimizers()
-        geometry = getattr(self, "geometry", None)
-        if hasattr(geometry, "bind_optimizer"):
-            # Gaussian splats: position-lr decay in update_step, optimizer surgery on densify
-            optimizer = ret["optimizer"] if isinstance(ret, dict) else ret
-            geometry.bind_optimizer(optimizer)
-        return ret
-
-    def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
-        out = super().forward(batch)
-        if self.training:
-            self._last_render = out
-        return out
+    def configure_callbacks(self):
+        """The geometry's own training callbacks (Gaussian splats: densification), if any."""
+        make = getattr(getattr(self, "geometry", None), "training_callbacks", None)
+        return list(make()) if make is not None else []
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch, batch_idx):
@@ -241,7 +194,3 @@ class DDPO3DSystem(DreamFusion):
     def on_test_epoch_end(self):
         super().on_test_epoch_end()  # turntable video
         self._flush_eval("test")
-        geometry = getattr(self, "geometry", None)
-        if hasattr(geometry, "save_ply"):
-            # Gaussian splats: standard 3DGS PLY, loadable by common splat viewers
-            geometry.save_ply(self.get_save_path(f"it{self.true_global_step}-gaussians.ply"))

@@ -6,14 +6,61 @@ strictly, naming an unknown key and the class it was given to.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
 from ddpo3d.lite.utils.misc import get_device
-from ddpo3d.utils.config import parse_structured
-from ddpo3d.utils.typing import Any, DictConfig, Optional, Union
+from ddpo3d.utils.config import parse_structured, to_primitive
+from ddpo3d.utils.typing import Any, DictConfig, Optional, Tuple, Union
+
+
+class NotSupportedByLiteError(NotImplementedError):
+    """A threestudio option the built-in runtime does not implement was switched on."""
+
+
+def unsupported(key: str, value: Any, where: Optional[str] = None) -> NotSupportedByLiteError:
+    """The one error for a threestudio option the runtime accepts but does not implement.
+
+    Args:
+        key: the config key (or call option).
+        value: the value it was given.
+        where: the class it was given to.
+
+    Returns:
+        ``NotSupportedByLiteError("[where: ]<key>=<value> is not supported by the built-in
+        runtime ddpo3d.lite; run with threestudio")`` (raise it).
+    """
+    prefix = f"{where}: " if where else ""
+    return NotSupportedByLiteError(
+        f"{prefix}{key}={value!r} is not supported by the built-in runtime ddpo3d.lite; run with threestudio"
+    )
+
+
+def check_supported(obj: Any) -> None:
+    """Raise :func:`unsupported` for the first of ``type(obj).unsupported_keys`` whose value
+    differs from its ``Config`` default.
+
+    Lite classes keep threestudio's ``Config`` fields (names, types, defaults) so that every
+    threestudio config parses; a field whose feature the runtime lacks is listed in the class's
+    ``unsupported_keys`` and may only keep its default.
+    """
+    keys = getattr(type(obj), "unsupported_keys", ())
+    if not keys:
+        return
+    defaults = {}
+    for f in dataclasses.fields(type(obj).Config):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    for key in keys:
+        value = to_primitive(obj.cfg[key])
+        if value != defaults[key]:
+            raise unsupported(key, value, type(obj).__name__)
 
 
 class Updateable:
@@ -69,10 +116,13 @@ class BaseObject(Updateable):
         pass
 
     cfg: Config
+    #: Config keys whose feature the runtime lacks: non-default values are an error (:func:`check_supported`).
+    unsupported_keys: ClassVar[Tuple[str, ...]] = ()
 
     def __init__(self, cfg: Optional[Union[dict, DictConfig]] = None, *args, **kwargs) -> None:
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, where=type(self).__name__)
+        check_supported(self)
         self.device = get_device()
         self.configure(*args, **kwargs)
 
@@ -88,10 +138,13 @@ class BaseModule(nn.Module, Updateable):
         weights: Optional[str] = None
 
     cfg: Config
+    #: Config keys whose feature the runtime lacks: non-default values are an error (:func:`check_supported`).
+    unsupported_keys: ClassVar[Tuple[str, ...]] = ()
 
     def __init__(self, cfg: Optional[Union[dict, DictConfig]] = None, *args, **kwargs) -> None:
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, where=type(self).__name__)
+        check_supported(self)
         self.device = get_device()
         self.configure(*args, **kwargs)
         if self.cfg.weights is not None:

@@ -2,26 +2,29 @@
 
 ``stable-diffusion-guidance`` (latent space, VAE) and ``deep-floyd-guidance`` (IF stage I,
 pixel space) load a diffusers pipeline with the same threestudio options, freeze it, sample
-``t`` from the same schedulable range and preview denoising the same way. The per-model
-parts (which pipeline, VAE or not, IF's 6-channel output) stay in their own files.
+``t`` from the same schedulable range and turn a guided ε̂ into the SDS loss the same way.
+This is the runtime's own implementation of threestudio 0.2.3's ``compute_grad_sds``
+semantics, written against the paper, not a call into :mod:`ddpo3d.objectives`: the tests
+that compare the extension's objective with the stock guidance compare two implementations.
 
 * :class:`DiffusersGuidanceMixin`: the identical methods (``set_min_max_steps``,
-  ``forward_unet``) and the pieces both guidances' ``configure`` / ``__call__`` /
-  ``update_step`` use (scheduler set-up, the SDS estimator and its sampling, previews).
-* functions for ``configure`` (:func:`resolve_weights_dtype`, :func:`dtype_kwarg`,
-  :func:`apply_pipeline_options`, :func:`freeze`), ``__call__`` (:func:`sds_outputs`,
-  :func:`eval_texts`) and ``guidance_eval`` (:func:`eval_timesteps`,
-  :func:`denoise_previews`).
+  ``forward_unet``, ``update_step``), ``t`` sampling and :meth:`~DiffusersGuidanceMixin.sds_loss`.
+* functions for ``configure``: :func:`resolve_weights_dtype`, :func:`dtype_kwarg`,
+  :func:`apply_pipeline_options`, :func:`freeze`, :func:`check_weighting_strategy`.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 import ddpo3d.lite as threestudio
+from ddpo3d.lite.utils.base import unsupported
 from ddpo3d.lite.utils.misc import C, cleanup
-from ddpo3d.objectives.sds import SDS, WEIGHTINGS
-from ddpo3d.utils.typing import Any, Callable, Dict, Float, Int, List, Optional, Tensor, Tuple
+from ddpo3d.utils.typing import Any, Dict, Float, Int, Optional, Tensor, Union
+
+#: threestudio's ``weighting_strategy`` names.
+WEIGHTING_STRATEGIES = ("sds", "uniform", "fantasia3d")
 
 
 def dtype_kwarg(dtype: torch.dtype) -> Dict[str, Any]:
@@ -40,9 +43,9 @@ def dtype_kwarg(dtype: torch.dtype) -> Dict[str, Any]:
 
 
 def check_weighting_strategy(name: str) -> None:
-    """Raise ``ValueError`` naming ``name`` unless it is one of :data:`WEIGHTINGS`."""
-    if name not in WEIGHTINGS:
-        raise ValueError(f"Unknown weighting strategy: {name!r} (use one of {WEIGHTINGS})")
+    """Raise ``ValueError`` naming ``name`` unless it is one of :data:`WEIGHTING_STRATEGIES`."""
+    if name not in WEIGHTING_STRATEGIES:
+        raise ValueError(f"Unknown weighting strategy: {name!r} (use one of {WEIGHTING_STRATEGIES})")
 
 
 def resolve_weights_dtype(half_precision_weights: bool, device: torch.device) -> torch.dtype:
@@ -101,115 +104,12 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def sds_outputs(out: Any, min_step: int, max_step: int) -> Dict[str, Any]:
-    """The guidance dict threestudio systems read from an :class:`ddpo3d.objectives.sds.SDS` result.
-
-    Args:
-        out: the SDS output (``loss_sds``, ``grad``).
-        min_step, max_step: the timestep range ``t`` was drawn from.
-
-    Returns:
-        ``{"loss_sds", "grad_norm", "min_step", "max_step"}``.
-    """
-    return {"loss_sds": out.loss_sds, "grad_norm": out.grad.norm(), "min_step": min_step, "max_step": max_step}
-
-
-def eval_texts(
-    noise_levels: List[float],
-    elevation: Float[Tensor, " B"],
-    azimuth: Float[Tensor, " B"],
-    camera_distances: Float[Tensor, " B"],
-) -> List[str]:
-    """threestudio's caption per previewed item: noise level, elevation, azimuth, distance.
-
-    Args:
-        noise_levels: ``t / T`` per previewed item.
-        elevation, azimuth, camera_distances: the batch's cameras (degrees).
-
-    Returns:
-        one ``"n..\\ne..\\na..\\nc.."`` string per previewed item.
-    """
-    return [
-        f"n{n:.02f}\ne{e.item():.01f}\na{a.item():.01f}\nc{c.item():.02f}"
-        for n, e, a, c in zip(noise_levels, elevation, azimuth, camera_distances)
-    ]
-
-
-def eval_timesteps(
-    scheduler: Any, t_orig: Int[Tensor, " B"], batch_size: int, max_items_eval: int, device: torch.device
-) -> Tuple[int, Int[Tensor, " b"], Int[Tensor, " b"], List[float]]:
-    """Set ``scheduler`` to 50 steps and find, per previewed item, the first of them not larger than ``t``.
-
-    Args:
-        scheduler: a diffusers scheduler (``set_timesteps``, ``timesteps``, ``config``).
-        t_orig: the SDS timesteps ``[B]``.
-        batch_size: ``B``.
-        max_items_eval: items to preview (``<= 0``: all).
-        device: where ``t_orig`` lives.
-
-    Returns:
-        ``(bs, idxs, t, fracs)``: items previewed, their indices into ``scheduler.timesteps``,
-        those timesteps, and ``t / T`` as floats.
-    """
-    scheduler.set_timesteps(50)
-    timesteps = scheduler.timesteps.to(device)
-    bs = min(max_items_eval, batch_size) if max_items_eval > 0 else batch_size
-    large_enough = timesteps.expand([bs, -1]) > t_orig[:bs].unsqueeze(-1)
-    idxs = torch.min(large_enough, dim=1)[1]
-    t = timesteps[idxs]
-    fracs = list((t / scheduler.config.num_train_timesteps).cpu().numpy())
-    return bs, idxs, t, fracs
-
-
-def denoise_previews(
-    scheduler: Any,
-    noise_pred: Tensor,
-    t: Int[Tensor, " b"],
-    idxs: Int[Tensor, " b"],
-    latents_noisy: Tensor,
-    text_embeddings: Tensor,
-    n: int,
-    get_noise_pred: Callable[[Tensor, Tensor, Tensor], Tensor],
-    **step_kwargs: Any,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """One scheduler step from each previewed item's ``t``, then the rest of the schedule.
-
-    Args:
-        scheduler: the scheduler :func:`eval_timesteps` set up.
-        noise_pred: the model output at ``t`` (what ``scheduler.step`` expects).
-        t, idxs: from :func:`eval_timesteps`.
-        latents_noisy: the noisy inputs ``x_t`` (first ``len(t)`` are previewed).
-        text_embeddings: ``[cond (n), uncond (n)]`` stacked.
-        n: the batch size of ``cond`` (item ``b``'s pair is rows ``b`` and ``b + n``).
-        get_noise_pred: ``(x, t, text_pair) -> model output`` with CFG, for the later steps.
-        **step_kwargs: extra ``scheduler.step`` arguments (``eta=1`` for DDIM).
-
-    Returns:
-        ``(latents_1step, pred_1orig, latents_final)``, each ``[bs, ...]``.
-    """
-    latents_1step, pred_1orig = [], []
-    for b in range(len(t)):
-        step = scheduler.step(noise_pred[b : b + 1], t[b], latents_noisy[b : b + 1], **step_kwargs)
-        latents_1step.append(step["prev_sample"])
-        pred_1orig.append(step["pred_original_sample"])
-    latents_1step_t = torch.cat(latents_1step)
-    latents_final = []
-    for b, i in enumerate(idxs):
-        latents = latents_1step_t[b : b + 1]
-        text_emb = text_embeddings[[b, b + n], ...]
-        for tt in scheduler.timesteps[i + 1 :]:
-            latents = scheduler.step(get_noise_pred(latents, tt, text_emb), tt, latents, **step_kwargs)["prev_sample"]
-        latents_final.append(latents)
-    return latents_1step_t, torch.cat(pred_1orig), torch.cat(latents_final)
-
-
 class DiffusersGuidanceMixin:
     """Methods identical in the diffusers guidances (threestudio's names and signatures).
 
-    Expects ``self.device``, ``self.unet``, ``self.weights_dtype``, ``self.predictor``,
-    ``self.guidance_eval`` and ``self.cfg`` with threestudio's guidance keys
-    (``guidance_scale``, ``grad_clip``, ``min_step_percent``, ``max_step_percent``,
-    ``weighting_strategy``, ``view_dependent_prompting``).
+    Expects ``self.device``, ``self.unet``, ``self.weights_dtype`` and ``self.cfg`` with
+    threestudio's guidance keys (``guidance_scale``, ``grad_clip``, ``min_step_percent``,
+    ``max_step_percent``, ``weighting_strategy``, ``view_dependent_prompting``).
     """
 
     def set_min_max_steps(self, min_step_percent: float = 0.02, max_step_percent: float = 0.98) -> None:
@@ -238,70 +138,62 @@ class DiffusersGuidanceMixin:
         self.alphas: Float[Tensor, " T"] = scheduler.alphas_cumprod.to(self.device)
         self.grad_clip_val: Optional[float] = None
 
-    def build_sds(self, **extra: Any) -> SDS:
-        """The :class:`SDS` estimator for this config (``guidance_scale``, the step-percent
-        schedules, ``weighting_strategy``, ``grad_clip``), plus ``extra`` SDS config keys."""
-        cfg = self.cfg
-        sds_cfg = {
-            "guidance_scale": cfg.guidance_scale,
-            "min_step_percent": cfg.min_step_percent,
-            "max_step_percent": cfg.max_step_percent,
-            "weighting_strategy": cfg.weighting_strategy,
-            "grad_clip": cfg.grad_clip,
-            **extra,
-        }
-        return SDS(sds_cfg, num_train_timesteps=self.num_train_timesteps)
+    def check_call(self, rgb_as_latents: bool, guidance_eval: bool, latents_ok: bool) -> None:
+        """Reject call options the runtime does not implement (``guidance_eval`` previews;
+        latents for a pixel-space model)."""
+        if guidance_eval:
+            raise unsupported("guidance_eval", True)
+        if rgb_as_latents and not latents_ok:
+            raise ValueError(f"rgb_as_latents=True: there is no latent space in {type(self).__name__} (pixel space)")
 
-    def sample_sds(
+    def sample_t(self, batch_size: int) -> Int[Tensor, " B"]:
+        """``t ~ U{min_step, ..., max_step}`` (both ends included), one per item."""
+        return torch.randint(self.min_step, self.max_step + 1, [batch_size], dtype=torch.long, device=self.device)
+
+    def sds_weight(self, t: Int[Tensor, " B"]) -> Union[float, Float[Tensor, "B 1 1 1"]]:
+        """w(t): ``sds`` σ_t² = 1 - ᾱ_t (DreamFusion, arXiv 2209.14988, eq. 3), ``uniform`` 1,
+        ``fantasia3d`` sqrt(ᾱ_t)(1 - ᾱ_t) (Fantasia3D, arXiv 2303.13873)."""
+        a = self.alphas[t].view(-1, 1, 1, 1)
+        if self.cfg.weighting_strategy == "sds":
+            return 1 - a
+        if self.cfg.weighting_strategy == "uniform":
+            return 1
+        return a**0.5 * (1 - a)
+
+    def sds_loss(
         self,
         latents: Float[Tensor, "B C h w"],
-        prompt_utils: Any,
-        elevation: Float[Tensor, " B"],
-        azimuth: Float[Tensor, " B"],
-        camera_distances: Float[Tensor, " B"],
-    ) -> Tuple[Any, Float[Tensor, "BB N Nf"]]:
-        """One SDS estimate (DreamFusion eq. 3 with the target trick, see
-        :mod:`ddpo3d.objectives.sds`) at ``t ~ U{min_step, ..., max_step}``.
+        noise_pred: Float[Tensor, "B C h w"],
+        noise: Float[Tensor, "B C h w"],
+        t: Int[Tensor, " B"],
+    ) -> Dict[str, Any]:
+        """The SDS loss for one guided ε̂ at ``x_t = sqrt(ᾱ_t) x + sqrt(1 - ᾱ_t) ε``.
+
+        ``grad = w(t) (ε̂ - ε)`` (DreamFusion eq. 3, the UNet Jacobian dropped), NaNs zeroed,
+        clamped to ``±grad_clip_val`` when set (Hong et al. 2023, arXiv 2303.15413). With
+        ``target = (x - grad)`` detached, ``L = 0.5 / B · ||x - target||²`` has
+        ``∂L/∂x = grad / B``: backprop injects the batch-averaged SDS gradient into ``x``.
 
         Args:
-            latents: what the diffusion model sees (latents, or IF's pixels in [-1, 1]).
-            prompt_utils: the prompt processor's output.
-            elevation, azimuth, camera_distances: cameras (degrees), for view-dependent prompts.
+            latents: the model-space input ``x`` with its graph to the render.
+            noise_pred: the guided ε̂ (no graph).
+            noise: ε.
+            t: the timesteps.
 
         Returns:
-            ``(out, text_embeddings)``: the SDS output and ``[cond, uncond]`` embeddings.
+            ``{"loss_sds", "grad_norm", "min_step", "max_step"}`` (threestudio's keys).
         """
-        # t from this object's range (subclasses and update_step set it)
-        t = torch.randint(self.min_step, self.max_step + 1, [latents.shape[0]], dtype=torch.long, device=self.device)
-        text_embeddings = prompt_utils.get_text_embeddings(
-            elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting
-        )
-        cond, uncond = text_embeddings.chunk(2)  # threestudio's order: [cond, uncond]
-        self.sds.grad_clip_val = self.grad_clip_val
-        return self.sds(latents, self.predictor, cond, uncond, t=t), text_embeddings
+        grad = torch.nan_to_num(self.sds_weight(t) * (noise_pred - noise))
+        if self.grad_clip_val is not None:
+            grad = grad.clamp(-self.grad_clip_val, self.grad_clip_val)
+        target = (latents - grad).detach()
+        loss_sds = 0.5 * F.mse_loss(latents, target, reduction="sum") / latents.shape[0]
+        return {"loss_sds": loss_sds, "grad_norm": grad.norm(), "min_step": self.min_step, "max_step": self.max_step}
 
-    def add_guidance_eval(
-        self,
-        guidance_out: Dict[str, Any],
-        out: Any,
-        text_embeddings: Tensor,
-        elevation: Float[Tensor, " B"],
-        azimuth: Float[Tensor, " B"],
-        camera_distances: Float[Tensor, " B"],
-    ) -> None:
-        """Put ``self.guidance_eval``'s previews of ``out`` (with captions) under ``guidance_out["eval"]``."""
-        eval_out = self.guidance_eval(out.t, text_embeddings, out.x_t, out.eps_pred)
-        eval_out["texts"] = eval_texts(eval_out["noise_levels"], elevation, azimuth, camera_distances)
-        guidance_out["eval"] = eval_out
-
-    def update_grad_clip(self, epoch: int, global_step: int) -> None:
-        """Resolve the ``grad_clip`` schedule (Hong et al. 2023, "Debiasing Scores and Prompts of
-        2D Diffusion", arXiv 2303.15413) into ``self.grad_clip_val``; unchanged when unset."""
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        """Resolve the ``grad_clip`` and ``min_step_percent`` / ``max_step_percent`` schedules."""
         if self.cfg.grad_clip is not None:
             self.grad_clip_val = C(self.cfg.grad_clip, epoch, global_step)
-
-    def update_step_range(self, epoch: int, global_step: int) -> None:
-        """Resolve the ``min_step_percent`` / ``max_step_percent`` schedules into the timestep range."""
         self.set_min_max_steps(
             min_step_percent=C(self.cfg.min_step_percent, epoch, global_step),
             max_step_percent=C(self.cfg.max_step_percent, epoch, global_step),

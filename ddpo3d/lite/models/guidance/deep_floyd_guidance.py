@@ -4,14 +4,13 @@ Same class name, config keys, attributes and call signature as threestudio 0.2.3
 ``DeepFloydGuidance`` (the DDPO3D guidance subclasses it on both hosts): ``pipe``, ``unet``,
 ``scheduler``, ``alphas``, ``num_train_timesteps``, ``min_step`` / ``max_step``,
 ``weights_dtype``, ``grad_clip_val``, ``forward_unet``, ``set_min_max_steps``,
-``update_step``, ``guidance_eval``.
+``update_step``.
 
 IF works on pixels, so there is no VAE: ``x_0 = 2·rgb - 1`` after a bilinear resize to the
 UNet's native resolution. IF's UNet predicts 6 channels, ε (the first 3) and the
 learned-range variance interpolation (Nichol & Dhariwal 2021, arXiv 2102.09672, eq. 15),
-which SDS ignores. The SDS estimate itself is :class:`ddpo3d.objectives.sds.SDS` over a
-pixel-mode :class:`ddpo3d.diffusion.UNetNoisePredictor` wrapping ``self.unet`` /
-``self.alphas``.
+which SDS ignores. The SDS loss is threestudio's (:meth:`DiffusersGuidanceMixin.sds_loss`,
+implemented in the runtime, independently of :mod:`ddpo3d.objectives`).
 
 One generalisation: threestudio resizes renders to 64 px (IF-I's size); here the size is
 ``unet.config.sample_size`` (64 for IF-I, 32 for the tiny test pipeline).
@@ -26,21 +25,18 @@ import torch
 import torch.nn.functional as F
 
 import ddpo3d.lite as threestudio
-from ddpo3d.diffusion import UNetNoisePredictor
 from ddpo3d.lite.models.guidance.common import (
     DiffusersGuidanceMixin,
     apply_pipeline_options,
     check_weighting_strategy,
-    denoise_previews,
     dtype_kwarg,
-    eval_timesteps,
     freeze,
     resolve_weights_dtype,
-    sds_outputs,
 )
-from ddpo3d.lite.models.prompt_processors.base import PromptProcessorOutput, resolve_pretrained
+from ddpo3d.lite.models.prompt_processors.base import PromptProcessorOutput
 from ddpo3d.lite.utils.base import BaseObject
-from ddpo3d.utils.typing import Any, Dict, Float, Int, Optional, Tensor
+from ddpo3d.utils.typing import Any, Dict, Float, Optional, Tensor
+from ddpo3d.weights import resolve_pretrained
 
 
 @threestudio.register("deep-floyd-guidance")
@@ -57,7 +53,8 @@ class DeepFloydGuidance(DiffusersGuidanceMixin, BaseObject):
     ``half_precision_weights`` (fp16 on CUDA; fp32 with a notice on CPU),
     ``min_step_percent`` / ``max_step_percent`` (schedules), ``weighting_strategy``
     (``sds`` / ``uniform`` / ``fantasia3d``), ``view_dependent_prompting``,
-    ``max_items_eval`` (items previewed by ``guidance_eval``).
+    ``max_items_eval`` (only for ``guidance_eval`` previews, which the runtime does not
+    implement: run with threestudio for them).
     """
 
     @dataclass
@@ -116,9 +113,6 @@ class DeepFloydGuidance(DiffusersGuidanceMixin, BaseObject):
         self.init_timesteps(self.pipe.scheduler)
         # native resolution: 64 for IF-I (threestudio hard-codes 64)
         self.resolution = int(self.unet.config.sample_size)
-
-        self.predictor = UNetNoisePredictor.from_guidance(self)  # pixel mode: no vae
-        self.sds = self.build_sds()
         threestudio.info("Loaded Deep Floyd!")
 
     # ------------------------------------------------------------------ threestudio helpers
@@ -149,76 +143,22 @@ class DeepFloydGuidance(DiffusersGuidanceMixin, BaseObject):
             prompt_utils: the prompt processor's output (T5 embeddings).
             elevation, azimuth, camera_distances: cameras (degrees), for view-dependent prompts.
             rgb_as_latents: must be false (IF has no latent space).
-            guidance_eval: also return denoising previews under ``"eval"``.
+            guidance_eval: not implemented by the runtime (an error).
 
         Returns:
-            ``{"loss_sds", "grad_norm", "min_step", "max_step"}`` (+ ``"eval"`` with
-            ``guidance_eval``). ``loss_sds`` backpropagates ``w(t)(ε̂ - ε) / B`` into the
-            resized pixels and on to ``rgb``.
+            ``{"loss_sds", "grad_norm", "min_step", "max_step"}``. ``loss_sds`` backpropagates
+            ``w(t)(ε̂ - ε) / B`` into the resized pixels and on to ``rgb``.
         """
-        if rgb_as_latents:
-            raise ValueError(
-                f"rgb_as_latents=True: there is no latent space in {type(self).__name__} (IF is pixel space)"
-            )
-        if getattr(prompt_utils, "use_perp_neg", False):
-            raise NotImplementedError("Perp-Neg prompts are not supported by the built-in runtime")
-        latents = self.encode_images(rgb.permute(0, 3, 1, 2))
-
-        out, text_embeddings = self.sample_sds(latents, prompt_utils, elevation, azimuth, camera_distances)
-        guidance_out = sds_outputs(out, self.min_step, self.max_step)
-        if guidance_eval:
-            self.add_guidance_eval(guidance_out, out, text_embeddings, elevation, azimuth, camera_distances)
-        return guidance_out
-
-    @torch.no_grad()
-    def get_noise_pred(self, latents_noisy: Tensor, t: Tensor, text_embeddings: Tensor) -> Float[Tensor, "B 6 h w"]:
-        """CFG ε ``eps_c + s (eps_c - eps_u)`` concatenated with the conditional branch's
-        predicted variance (what ``DDPMScheduler.step`` with ``learned_range`` expects)."""
-        model_input = torch.cat([latents_noisy] * 2, dim=0)
-        t_in = torch.as_tensor(t, device=self.device).reshape(-1)
-        t_in = t_in.expand(latents_noisy.shape[0]) if t_in.numel() == 1 else t_in
-        noise_pred = self.forward_unet(model_input, torch.cat([t_in] * 2), encoder_hidden_states=text_embeddings)
-        noise_pred_text, noise_pred_uncond = noise_pred.chunk(2)
-        noise_pred_text, predicted_variance = noise_pred_text.split(3, dim=1)
-        noise_pred_uncond, _ = noise_pred_uncond.split(3, dim=1)
-        guided = noise_pred_text + self.cfg.guidance_scale * (noise_pred_text - noise_pred_uncond)
-        return torch.cat([guided, predicted_variance], dim=1)
-
-    @torch.no_grad()
-    def guidance_eval(
-        self,
-        t_orig: Int[Tensor, " B"],
-        text_embeddings: Float[Tensor, "BB N Nf"],
-        latents_noisy: Float[Tensor, "B 3 h w"],
-        noise_pred: Float[Tensor, "B 3 h w"],
-    ) -> Dict[str, Any]:
-        """Previews of what the guidance sees: the noisy input, one DDPM step, the one-step x0
-        estimate, and a full denoising over 50 steps from ``t``, for the first
-        ``max_items_eval`` items (images ``[bs, h, w, 3]`` in [0, 1]).
-
-        ``noise_pred`` is the guided ε (3 channels, as :class:`SDS` returns it); the learned
-        variance the scheduler also needs is recomputed with one extra UNet call.
-        """
-        n = latents_noisy.shape[0]
-        bs, idxs, t, fracs = eval_timesteps(self.scheduler, t_orig, n, self.cfg.max_items_eval, self.device)
-
-        def to_img(x: Tensor) -> Tensor:
-            return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
-
-        variance = self.get_noise_pred(latents_noisy, t_orig, text_embeddings)[:, 3:]
-        noise_pred = torch.cat([noise_pred, variance], dim=1)
-        latents_1step, pred_1orig, latents_final = denoise_previews(
-            self.scheduler, noise_pred, t, idxs, latents_noisy, text_embeddings, n, self.get_noise_pred
+        self.check_call(rgb_as_latents, guidance_eval, latents_ok=False)
+        x = self.encode_images(rgb.permute(0, 3, 1, 2))
+        t = self.sample_t(rgb.shape[0])
+        text_embeddings = prompt_utils.get_text_embeddings(
+            elevation, azimuth, camera_distances, self.cfg.view_dependent_prompting
         )
-        return {
-            "bs": bs,
-            "noise_levels": fracs,
-            "imgs_noisy": to_img(latents_noisy[:bs]),
-            "imgs_1step": to_img(latents_1step),
-            "imgs_1orig": to_img(pred_1orig),
-            "imgs_final": to_img(latents_final),
-        }
-
-    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
-        self.update_grad_clip(epoch, global_step)
-        self.update_step_range(epoch, global_step)
+        with torch.no_grad():  # ε̂ without the UNet Jacobian
+            noise = torch.randn_like(x)
+            x_noisy = self.scheduler.add_noise(x, noise, t)
+            noise_pred = self.forward_unet(torch.cat([x_noisy] * 2), torch.cat([t] * 2), text_embeddings)
+        # IF predicts [ε, variance interpolation]; SDS uses ε (the first 3 channels) only
+        eps_c, eps_u = noise_pred[:, :3].chunk(2)  # threestudio's order: [cond, uncond]
+        return self.sds_loss(x, eps_c + self.cfg.guidance_scale * (eps_c - eps_u), noise, t)

@@ -8,9 +8,7 @@ that picks the embedding of each camera's direction. :class:`EncoderPromptProces
 what the tokenizer + text-encoder processors share (with :func:`freeze_text_encoder` and
 :func:`save_text_embeddings` for their loaders and ``spawn_func``).
 
-Also here: :func:`resolve_pretrained`, how the runtime finds diffusers / transformers weights
-(a local directory, else the Hugging Face cache, never a download unless
-``DDPO3D_ALLOW_DOWNLOAD=1`` and ``HF_HUB_OFFLINE`` unset).
+Weights are found by :func:`ddpo3d.weights.resolve_pretrained`.
 """
 
 from __future__ import annotations
@@ -35,65 +33,6 @@ def hash_prompt(model: str, prompt: str) -> str:
     return hashlib.md5(f"{model}-{prompt}".encode()).hexdigest()
 
 
-def download_allowed() -> bool:
-    """Whether loaders may fetch from the Hugging Face hub (``DDPO3D_ALLOW_DOWNLOAD=1`` and no
-    ``HF_HUB_OFFLINE``). Off by default: weights come from disk only."""
-    from ddpo3d.weights import hf_offline
-
-    return (
-        os.environ.get("DDPO3D_ALLOW_DOWNLOAD", "").strip().lower() in {"1", "true", "yes", "on"} and not hf_offline()
-    )
-
-
-def resolve_pretrained(name_or_path: str, what: str, required_file: str = "model_index.json") -> Tuple[str, bool]:
-    """Where to load a diffusers/transformers model from, without touching the network.
-
-    Args:
-        name_or_path: a local directory or a hub repo id (``stabilityai/stable-diffusion-2-1-base``).
-        what: human-readable model name for the error.
-        required_file: file that marks a usable local directory / cache snapshot.
-
-    Returns:
-        ``(path_or_repo_id, local_files_only)`` to pass to ``from_pretrained``.
-
-    Raises:
-        ddpo3d.weights.WeightsNotFoundError: naming the model, the places searched and how to
-            provide the weights.
-    """
-    from ddpo3d.weights import WeightsNotFoundError, hf_cache_dir
-
-    local = os.path.expanduser(str(name_or_path))
-    looked = []
-    if os.path.isdir(local):
-        if os.path.isfile(os.path.join(local, required_file)):
-            return local, True
-        looked.append(f"local directory: {os.path.abspath(local)} (exists but has no {required_file})")
-    else:
-        looked.append(f"local directory: {os.path.abspath(local)}")
-    parts = str(name_or_path).split("/")
-    if len(parts) == 2 and all(parts) and not local.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            snap = snapshot_download(str(name_or_path), local_files_only=True, cache_dir=hf_cache_dir())
-            if os.path.isfile(os.path.join(snap, required_file)):
-                return snap, True
-        except Exception:
-            pass
-        looked.append(
-            f"Hugging Face cache: {os.path.join(hf_cache_dir(), 'models--' + str(name_or_path).replace('/', '--'))}"
-        )
-        if download_allowed():
-            return str(name_or_path), False
-    raise WeightsNotFoundError(
-        what,
-        looked,
-        "point pretrained_model_name_or_path at a local diffusers folder, or fetch the repo once on a "
-        f"machine with internet (`huggingface-cli download {name_or_path}`) into the HF cache; set "
-        "DDPO3D_ALLOW_DOWNLOAD=1 to let the runtime download it",
-    )
-
-
 def shift_azimuth_deg(azimuth: Float[Tensor, "..."]) -> Float[Tensor, "..."]:
     """Wrap azimuth angles (degrees) to ``[-180, 180)``."""
     return (azimuth + 180) % 360 - 180
@@ -114,9 +53,9 @@ class DirectionConfig:
 class PromptProcessorOutput:
     """Embeddings of a prompt and its view-dependent variants.
 
-    ``get_text_embeddings`` returns ``cat([cond, uncond])`` (threestudio's order, 2B rows);
-    :meth:`get_prompts` (our addition, absent from threestudio) returns the prompt string
-    each camera was conditioned on, for rewards that score images against text.
+    ``get_text_embeddings`` returns ``cat([cond, uncond])`` (threestudio's order, 2B rows).
+    The fields and methods are threestudio 0.2.3's and nothing more, so code written against
+    this class runs unchanged on threestudio.
     """
 
     text_embeddings: Float[Tensor, "N Nf"]
@@ -133,16 +72,6 @@ class PromptProcessorOutput:
     prompt: str
     prompts_vd: List[str]
 
-    def get_direction_idx(
-        self, elevation: Float[Tensor, " B"], azimuth: Float[Tensor, " B"], camera_distances: Float[Tensor, " B"]
-    ) -> Tensor:
-        """Index into ``directions`` per camera; later directions override earlier ones
-        (side is the default, then front, back, overhead)."""
-        idx = torch.zeros_like(elevation, dtype=torch.long)
-        for d in self.directions:
-            idx[d.condition(elevation, azimuth, camera_distances)] = self.direction2idx[d.name]
-        return idx
-
     def get_text_embeddings(
         self,
         elevation: Float[Tensor, " B"],
@@ -153,26 +82,17 @@ class PromptProcessorOutput:
         """``cat([cond, uncond], 0)`` for a batch of cameras (NB: cond first, as threestudio)."""
         batch_size = elevation.shape[0]
         if view_dependent_prompting:
-            idx = self.get_direction_idx(elevation, azimuth, camera_distances).to(self.text_embeddings_vd.device)
+            # later directions override earlier ones (side is the default, then front, back, overhead)
+            idx = torch.zeros_like(elevation, dtype=torch.long)
+            for d in self.directions:
+                idx[d.condition(elevation, azimuth, camera_distances)] = self.direction2idx[d.name]
+            idx = idx.to(self.text_embeddings_vd.device)
             text_embeddings = self.text_embeddings_vd[idx]
             uncond_text_embeddings = self.uncond_text_embeddings_vd[idx]
         else:
             text_embeddings = self.text_embeddings.expand(batch_size, -1, -1)
             uncond_text_embeddings = self.uncond_text_embeddings.expand(batch_size, -1, -1)
         return torch.cat([text_embeddings, uncond_text_embeddings], dim=0)
-
-    def get_prompts(
-        self,
-        elevation: Float[Tensor, " B"],
-        azimuth: Float[Tensor, " B"],
-        camera_distances: Float[Tensor, " B"],
-        view_dependent_prompting: bool = True,
-    ) -> List[str]:
-        """The prompt string per camera (the view-dependent one when enabled). Our addition."""
-        if not view_dependent_prompting:
-            return [self.prompt] * int(elevation.shape[0])
-        idx = self.get_direction_idx(elevation, azimuth, camera_distances)
-        return [self.prompts_vd[i] for i in idx.tolist()]
 
     def get_text_embeddings_perp_neg(self, *args, **kwargs):
         raise NotImplementedError("Perp-Neg (use_perp_neg) is not supported by the built-in runtime")
@@ -251,6 +171,7 @@ class PromptProcessor(BaseObject):
         prompt_debiasing_mask_ids: Optional[List[int]] = None
 
     cfg: Config
+    unsupported_keys = ("use_perp_neg", "use_prompt_debiasing")
 
     def configure_text_encoder(self) -> None:
         raise NotImplementedError
@@ -259,15 +180,6 @@ class PromptProcessor(BaseObject):
         raise NotImplementedError
 
     def configure(self) -> None:
-        if self.cfg.use_perp_neg:
-            raise NotImplementedError(
-                "use_perp_neg=true (Perp-Neg) is not supported by the built-in runtime; set "
-                "system.prompt_processor.use_perp_neg=false or install threestudio"
-            )
-        if self.cfg.use_prompt_debiasing:
-            raise NotImplementedError(
-                "use_prompt_debiasing=true (BERT prompt debiasing) is not supported by the built-in runtime"
-            )
         self._cache_dir = os.environ.get("DDPO3D_TEXT_EMBEDDING_CACHE") or DEFAULT_CACHE_DIR
         c = self.cfg
 

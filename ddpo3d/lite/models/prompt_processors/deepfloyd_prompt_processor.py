@@ -25,11 +25,11 @@ from ddpo3d.lite.models.prompt_processors.base import (
     EncoderPromptProcessor,
     PromptProcessor,
     freeze_text_encoder,
-    resolve_pretrained,
     save_text_embeddings,
 )
 from ddpo3d.lite.utils.misc import get_device
 from ddpo3d.utils.typing import Any, Float, List, Optional, Tensor, Tuple
+from ddpo3d.weights import resolve_pretrained
 
 #: T5 prompt length of DeepFloyd IF (``IFPipeline.encode_prompt``)
 MAX_LENGTH = 77

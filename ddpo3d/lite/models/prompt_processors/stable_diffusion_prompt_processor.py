@@ -12,11 +12,11 @@ from ddpo3d.lite.models.prompt_processors.base import (
     EncoderPromptProcessor,
     PromptProcessor,
     freeze_text_encoder,
-    resolve_pretrained,
     save_text_embeddings,
 )
 from ddpo3d.lite.utils.misc import get_device
 from ddpo3d.utils.typing import Any, Float, List, Tensor
+from ddpo3d.weights import resolve_pretrained
 
 
 def _load_tokenizer_and_encoder(pretrained_model_name_or_path: str, device):
