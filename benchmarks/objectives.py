@@ -1,11 +1,11 @@
-"""Benchmark of the alignment objectives (issue 3).
+"""Benchmark of the alignment objectives.
 
 1. Cost: one full step (render leaf -> encode -> objective -> backward) of ``sds``, ``ddpo3d``
    (each target, unet_jacobian false / true) and ``reward-backprop`` with a tiny Stable Diffusion
    UNet (attention only at the lowest level) at 64x64 latents, B=4; time per step (median of
    interleaved rounds) and peak memory, each as a ratio to ``sds`` measured in the same process.
-2. Variance: on the analytic prior, the cosine between one step's DDPO3D estimate and the exact
-   gradient of its target, for K = 1, 2, 4, 8 samples per view.
+2. Estimator quality: on the analytic prior, the cosine between one step's DDPO3D estimate and
+   the exact gradient of its target, by variance-reduction variant and K samples per view.
 
 Prints Markdown tables; the last two lines are exactly
 
@@ -196,14 +196,17 @@ class PeakMemory:
 
 
 # ---------------------------------------------------------------------------- part 1: cost
+K1 = {"type": "ddpo3d", "num_samples": 1, "advantage": "per_prompt"}
+DEFAULT = "ddpo3d x0_pred affine K=1 (jacobian false)"
+JACOBIAN = "ddpo3d x0_pred affine K=1 (jacobian true)"
 METHODS = [
     ("sds", {"type": "none"}, "jpeg"),
-    ("ddpo3d x0_pred affine K=1 (jacobian false)", {"type": "ddpo3d"}, "jpeg"),
-    ("ddpo3d x0_pred affine K=1 (jacobian true)", {"type": "ddpo3d", "unet_jacobian": True}, "jpeg"),
-    ("ddpo3d x0_pred action_unet K=1", {"type": "ddpo3d", "x0_from": "action_unet"}, "jpeg"),
-    ("ddpo3d x0_pred affine K=4", {"type": "ddpo3d", "num_samples": 4}, "jpeg"),
-    ("ddpo3d rollout (5 DDIM steps) K=1", {"type": "ddpo3d", "target": "rollout", "rollout_steps": 5}, "jpeg"),
-    ("ddpo3d render K=1", {"type": "ddpo3d", "target": "render"}, "jpeg"),
+    (DEFAULT, K1, "jpeg"),
+    (JACOBIAN, {**K1, "unet_jacobian": True}, "jpeg"),
+    ("ddpo3d x0_pred action_unet K=1", {**K1, "x0_from": "action_unet"}, "jpeg"),
+    ("ddpo3d x0_pred affine K=4 (group baseline)", {"type": "ddpo3d", "num_samples": 4}, "jpeg"),
+    ("ddpo3d rollout (5 DDIM steps) K=1", {**K1, "target": "rollout", "rollout_steps": 5}, "jpeg"),
+    ("ddpo3d render K=1", {**K1, "target": "render"}, "jpeg"),
     ("reward-backprop", {"type": "reward-backprop"}, "conv"),
 ]
 
@@ -258,12 +261,23 @@ def bench_cost(args, device):
 
 
 # ---------------------------------------------------------------------------- part 2: variance
+VARIANTS = [
+    ("raw reward", {"advantage": "none"}),
+    ("batch z-score", {"advantage": "batch"}),
+    ("leave-one-out", {"advantage": "group"}),
+    ("leave-one-out + std (GRPO, biased)", {"advantage": "group", "normalize_std": True}),
+    ("antithetic", {"advantage": "none", "antithetic": True}),
+    ("antithetic + leave-one-out", {"advantage": "group", "antithetic": True}),
+]
+
+
 def bench_cosine(args):
     """Cosine of one step's estimate (B=4 views, D=3x16x16) with the exact target gradient.
 
-    Gaussian prior, linear reward on the decoded x̂0, unet_jacobian false: the target (with ε̂
-    frozen) has gradient ∂R/∂x0 = w/2 per view for every t and ε (x̂0(μ) = x0 exactly), so the
-    exact direction is known in closed form.
+    Gaussian prior, reward on the decoded x̂0, unet_jacobian false: with the linear reward the
+    target (ε̂ frozen) has gradient ∂R/∂x0 = w/2 per view for every t and ε (x̂0(μ) = x0 exactly);
+    the quadratic reward -||img - c||² has exact gradient -(img(x̂0(μ)) - c) per view, i.e.
+    -(decode(x0) - c) with the decode's 1/2.
     """
     torch.manual_seed(0)
     prior = AnalyticGaussianPrior(sigma_data=0.3, clamp_decode=False)
@@ -271,53 +285,52 @@ def bench_cosine(args):
     cond = 0.5 * torch.randn(1, 1, *shape)
     uncond = torch.cat([cond, 0.5 * torch.randn(1, 1, *shape)], 1)
     w = torch.randn(16, 16, 3)
+    centre = torch.rand(16, 16, 3)
 
-    def reward(images, prompts):
+    def linear(images, prompts):
         return ((images - 0.5) * w).flatten(1).sum(1)
 
-    reward.differentiable = True
-    exact = (w.permute(2, 0, 1) / 2).flatten().repeat(B)
+    def quadratic(images, prompts):
+        return -((images - centre) ** 2).flatten(1).sum(1)
+
     rows = []
-    for K in (1, 2, 4, 8):
-        res = {}
-        for adv in ("none", "batch"):
-            cos = []
-            for _trial in range(args.cosine_trials):
-                obj = DDPO3D({"num_samples": K, "advantage": adv, "adv_clip_max": None})
-                x0 = (0.3 * torch.randn(B, *shape)).requires_grad_(True)
-                t = torch.randint(20, 981, (B,))
-                out = obj(
-                    x0,
-                    prior,
-                    cond.expand(B, -1, -1, -1, -1),
-                    uncond.expand(B, -1, -1, -1, -1),
-                    None,
-                    reward,
-                    t,
-                    torch.randn(B, *shape),
-                    guidance_scale=7.5,
-                )
-                (g,) = torch.autograd.grad(out.loss_ddpo, x0)
-                cos.append(float(torch.nn.functional.cosine_similarity(-g.flatten(), exact, dim=0)))
-            res[adv] = (statistics.mean(cos), statistics.stdev(cos))
-        rows.append((K, res))
+    for reward_name, reward in (("linear", linear), ("quadratic", quadratic)):
+        for K in args.cosine_k:
+            res = {}
+            for name, variant in VARIANTS:
+                if K < 2 and (variant.get("antithetic") or variant["advantage"] == "group"):
+                    continue
+                cos = []
+                gen = torch.Generator().manual_seed(1)
+                for _trial in range(args.cosine_trials):
+                    obj = DDPO3D({"num_samples": K, "adv_clip_max": None, **variant})
+                    x0 = (0.3 * torch.randn(B, *shape, generator=gen)).requires_grad_(True)
+                    t = torch.randint(20, 981, (B,), generator=gen)
+                    out = obj(
+                        x0,
+                        prior,
+                        cond.expand(B, -1, -1, -1, -1),
+                        uncond.expand(B, -1, -1, -1, -1),
+                        None,
+                        reward,
+                        t,
+                        torch.randn(B, *shape, generator=gen),
+                        guidance_scale=7.5,
+                        generator=gen,
+                    )
+                    (g,) = torch.autograd.grad(out.loss_ddpo, x0)
+                    if reward_name == "linear":
+                        exact = (w.permute(2, 0, 1) / 2).flatten().repeat(B)
+                    else:
+                        exact = (-(prior.decode(x0.detach()) - centre)).permute(0, 3, 1, 2).flatten()
+                    cos.append(float(torch.nn.functional.cosine_similarity(-g.flatten(), exact, dim=0)))
+                res[name] = (statistics.mean(cos), statistics.stdev(cos) / len(cos) ** 0.5)
+            rows.append((reward_name, K, res))
     return rows
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--sd-path", default=None, help="local Stable Diffusion folder (diffusers layout)")
-    ap.add_argument("--half", action="store_true", help="fp16 weights with --sd-path")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--latent", type=int, default=64, help="latent size of the tiny model")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--cosine-trials", type=int, default=30)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-
+def print_cost(args, device):
+    """Run and print part 1; returns the per-method times the ratios use."""
     med, cpu, mems, what, jpeg_what, res = bench_cost(args, device)
     # On CPU the ratios use process CPU time: with other processes on the cores, wall time
     # mostly measures the scheduler; CPU time of this (single-threaded) process measures the work.
@@ -352,21 +365,43 @@ def main():
             f"{saved:.1f} | {saved / base_m:.2f} | {peak_s} |"
         )
 
+    return key
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--sd-path", default=None, help="local Stable Diffusion folder (diffusers layout)")
+    ap.add_argument("--half", action="store_true", help="fp16 weights with --sd-path")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--latent", type=int, default=64, help="latent size of the tiny model")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--cosine-trials", type=int, default=30)
+    ap.add_argument("--cosine-k", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    ap.add_argument("--skip-cost", action="store_true", help="only the estimator-quality table")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    if not args.skip_cost:
+        key = print_cost(args, device)
     rows = bench_cosine(args)
     print(
         f"\n## Cosine(one step's estimate, exact gradient), analytic prior, B=4, D=3x16x16, "
-        f"x0_pred, unet_jacobian false, mean ± sd over {args.cosine_trials} steps\n"
+        f"x0_pred, unet_jacobian false, mean ± standard error over {args.cosine_trials} steps\n"
     )
-    print("| K | cosine, raw reward | cosine, batch-normalised advantage |")
-    print("|---:|---:|---:|")
-    for K, res_k in rows:
-        print(
-            f"| {K} | {res_k['none'][0]:.3f} ± {res_k['none'][1]:.3f} | "
-            f"{res_k['batch'][0]:.3f} ± {res_k['batch'][1]:.3f} |"
-        )
-    print()
-    print(f"ddpo3d-full-jacobian/sds step-time ratio: {key['ddpo3d x0_pred affine K=1 (jacobian true)'] / base_t:.3f}")
-    print(f"ddpo3d/sds step-time ratio: {key['ddpo3d x0_pred affine K=1 (jacobian false)'] / base_t:.3f}")
+    names = [n for n, _ in VARIANTS]
+    print("| reward | K | " + " | ".join(names) + " |")
+    print("|---|---:|" + "---:|" * len(names))
+    for reward_name, K, res_k in rows:
+        cells = [f"{res_k[n][0]:.3f} ± {res_k[n][1]:.3f}" if n in res_k else "n/a" for n in names]
+        print(f"| {reward_name} | {K} | " + " | ".join(cells) + " |")
+    if not args.skip_cost:
+        base_t = key["sds"]
+        print()
+        print(f"ddpo3d-full-jacobian/sds step-time ratio: {key[JACOBIAN] / base_t:.3f}")
+        print(f"ddpo3d/sds step-time ratio: {key[DEFAULT] / base_t:.3f}")
 
 
 if __name__ == "__main__":

@@ -244,3 +244,22 @@ def test_from_guidance_wraps_threestudio_attributes():
     assert pred.final_alpha_cumprod == pytest.approx(float(sch.alphas_cumprod[0]))
     no_vae = UNetNoisePredictor.from_guidance(SimpleNamespace(unet=unet, alphas=sch.alphas_cumprod, scheduler=sch))
     assert not no_vae.latent_mode
+
+
+def test_decode_at_reward_size():
+    """Latents are resized to size / 8-ish before the decoder; in pixel space it is an image resize."""
+    import torch.nn.functional as F
+
+    unet, vae, sch = tiny_unet(), tiny_vae(), sd_scheduler()
+    pred = UNetNoisePredictor(unet, vae, sch.alphas_cumprod)
+    factor = pred.pixels_per_unit
+    assert factor == 2 ** (len(vae.config.block_out_channels) - 1)
+    x0 = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        assert pred.decode_at(x0, None).shape == (2, 16 * factor, 16 * factor, 3)
+        assert pred.decode_at(x0, 8 * factor).shape == (2, 8 * factor, 8 * factor, 3)
+    prior = AnalyticGaussianPrior(clamp_decode=False)
+    x = torch.randn(1, 3, 16, 16)
+    resized = F.interpolate(x, (8, 8), mode="bilinear", antialias=True, align_corners=False)
+    assert prior.pixels_per_unit == 1
+    assert torch.allclose(prior.decode_at(x, 8), prior.decode(resized))

@@ -223,7 +223,7 @@ def test_num_steps_and_rollout_shapes_and_reward_count_check():
     cond, uncond = _means(2)
     x0 = torch.randn(2, 3, 4, 4, requires_grad=True)
     t = torch.tensor([50, 700])
-    for cfg in ({"num_steps": 4}, {"target": "rollout", "rollout_steps": 3, "num_samples": 2}):
+    for cfg in ({"num_steps": 4, "num_samples": 1}, {"target": "rollout", "rollout_steps": 3, "num_samples": 2}):
         pol = DDPO3D({"advantage": "batch", **cfg})
         out = pol(x0, prior, cond, uncond, ["p", "q"], red_reward, t, torch.randn(2, 3, 4, 4))
         k = cfg.get("num_samples", 1)
@@ -277,7 +277,7 @@ def test_adam_on_free_image_raises_reward_and_stays_near_the_mode():
         return float(red_reward(img, None).mean()), float((x0 - m1[:, 0]).pow(2).mean().sqrt())
 
     sds_img = _adam_run({"type": "none"}, 300, prior, cond, uncond)
-    block = {"type": "ddpo3d", "num_samples": 4, "strength_mode": "lambda"}
+    block = {"type": "ddpo3d", "num_samples": 4, "strength_mode": "lambda", "advantage": "per_prompt"}
     ddpo_img = _adam_run(block, 300, prior, cond, uncond, lam=30.0)
     r_sds, d_sds = summary(sds_img)
     r_ddpo, d_ddpo = summary(ddpo_img)
@@ -360,3 +360,22 @@ def test_host_timesteps_are_used():
     img = torch.rand(2, 4, 4, 3, requires_grad=True)
     out = obj(img, prior, cond, uncond, None, red_reward, t=torch.tensor([123, 321]))
     assert out["t_mean"] == pytest.approx(222.0)
+
+
+def test_group_advantages_hand_values():
+    from ddpo3d.objectives.ddpo3d import group_advantages
+
+    r = torch.tensor([1.0, 2.0, 3.0, 6.0])  # one view, K = 4
+    assert torch.allclose(group_advantages(r, 4), r - (r.sum() - r) / 3)
+    # antithetic pairs (0,1), (2,3): the baseline is the other pair's mean
+    assert torch.allclose(group_advantages(r, 4, antithetic=True), r - torch.tensor([4.5, 4.5, 1.5, 1.5]))
+    assert torch.allclose(group_advantages(r[:2], 2, antithetic=True), r[:2])  # one pair: no baseline
+    std = r.std(unbiased=False)
+    assert torch.allclose(group_advantages(r, 4, normalize_std=True), (r - (r.sum() - r) / 3) / (std + 1e-6))
+    with pytest.raises(ValueError, match="even"):
+        DDPO3D({"num_samples": 3, "antithetic": True})
+    with pytest.raises(ValueError, match="per_prompt"):
+        DDPO3D({"num_samples": 1})
+    pol = DDPO3D({"num_samples": 4, "antithetic": True})
+    z = pol.step_noise(torch.zeros(8, 3, 2, 2), torch.Generator().manual_seed(0))
+    assert torch.equal(z[1], -z[0]) and torch.equal(z[3], -z[2]) and not torch.equal(z[2], -z[1])

@@ -57,7 +57,7 @@ from ddpo3d.utils.typing import Any, Callable, Dict, Float, Int, Optional, Seque
 
 TARGETS = ("x0_pred", "rollout", "render")
 X0_FROM = ("action_affine", "action_unet")
-ADVANTAGES = ("per_prompt", "batch", "none")
+ADVANTAGES = ("group", "per_prompt", "batch", "none")
 
 
 @dataclass
@@ -66,7 +66,7 @@ class DDPO3DConfig:
 
     target: str = "x0_pred"  # reward target: "x0_pred" | "rollout" | "render" (zero-mean, for reproduction)
     x0_from: str = "action_affine"  # x0_pred: "action_affine" (reuse ε̂) | "action_unet" (ε̂ at the action)
-    num_samples: int = 1  # K actions (step-noise draws) per view
+    num_samples: int = 4  # K actions (step-noise draws) per view
     num_steps: int = 1  # denoising steps in the policy rollout before the reward target
     eta: float = 1.0  # DDIM η > 0 (1 = DDPM posterior variance)
     step_size: int = 20  # Δt of a policy step in training timesteps (T // 50: DDPO's 50 DDIM steps)
@@ -74,10 +74,17 @@ class DDPO3DConfig:
     unet_jacobian: bool = False  # keep ∂ε̂/∂x_t in the policy mean (one UNet backward)
     guidance_scale: Optional[float] = None  # CFG scale of the policy's ε̂; None = the SDS scale
     logprob_reduction: str = "mean"  # "mean" over pixel dims (DDPO) | "sum" (true log-density)
-    advantage: str = "per_prompt"  # "per_prompt" (stat tracker) | "batch" (batch z-score) | "none" (raw reward)
+    # "group" (leave-one-out mean of the view's other draws; unbiased, K >= 2) | "per_prompt" (stat
+    # tracker, for K = 1) | "batch" (batch z-score) | "none" (raw reward)
+    advantage: str = "group"
+    antithetic: bool = False  # draws in mirrored pairs z, -z per view (K even); unbiased
+    normalize_std: bool = False  # group: divide by the group's reward std (GRPO-style; biased)
     buffer_size: int = 32  # per-prompt stat tracker: rewards kept per prompt
     min_count: int = 16  # per-prompt stat tracker: batch stats until a prompt has this many
     adv_clip_max: Optional[float] = 5.0  # advantages clipped to [-max, max]; None = no clipping
+    # decode reward targets at about this many pixels a side (the reward model's input, e.g. 224 for
+    # CLIP): latents are resized to size/8 before the VAE decoder; null = full-size decode
+    reward_resolution: Optional[int] = None
 
 
 @dataclass
@@ -166,6 +173,13 @@ class DDPO3D:
         for key in ("num_samples", "num_steps", "step_size", "rollout_steps"):
             if int(c[key]) < 1:
                 raise ValueError(f"DDPO3D objective: {key} must be >= 1, got {c[key]}")
+        if c.antithetic and int(c.num_samples) % 2:
+            raise ValueError(f"DDPO3D objective: antithetic draws need an even num_samples, got {c.num_samples}")
+        if c.advantage == "group" and int(c.num_samples) < 2:
+            raise ValueError(
+                "DDPO3D objective: advantage 'group' needs num_samples >= 2 (a baseline from the view's "
+                "other draws); use 'per_prompt' for K = 1"
+            )
         if c.target == "render":
             warnings.warn(
                 "DDPO3D target 'render' scores the render itself: the reward does not depend on the "
@@ -204,7 +218,7 @@ class DDPO3D:
         """
         c = self.cfg
         t_prev = (t - int(c.step_size)).clamp(min=0)
-        noise = torch.randn(eps.shape, generator=generator, device=_gen_device(generator, eps), dtype=eps.dtype)
+        noise = self.step_noise(eps, generator)
         step = ddim_step_with_logprob(
             predictor,
             eps,
@@ -227,6 +241,19 @@ class DDPO3D:
                 ).prev_sample
                 t_a = nxt
         return PolicySample(step.log_prob, action, t_a, eps_a, step.std_dev_t)
+
+    def step_noise(self, like: Float[Tensor, "N C h w"], generator: Optional[torch.Generator]) -> Tensor:
+        """z ~ N(0, I) for the first step; with ``antithetic`` the K draws of a view are (z_1, -z_1, z_2, -z_2, ...).
+
+        Mirrored draws keep each draw's marginal N(0, I), so every term of the estimate keeps its
+        mean; a pair's two terms give (R(μ+σz) - R(μ-σz)) z / (2σ) (a central difference: the
+        even part of R, the bulk of its variance, cancels). Owen 2013, "Monte Carlo theory", ch. 8.
+        """
+        device = generator.device if generator is not None else like.device
+        if not self.cfg.antithetic:
+            return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+        half = torch.randn((like.shape[0] // 2, *like.shape[1:]), generator=generator, device=device, dtype=like.dtype)
+        return torch.stack([half, -half], 1).reshape(like.shape).to(like.device)
 
     # ------------------------------------------------------------------ 2. reward targets
     @torch.no_grad()
@@ -288,11 +315,18 @@ class DDPO3D:
     def advantages(self, rewards: Float[Tensor, " N"], prompts: Sequence[str]) -> Float[Tensor, " N"]:
         """Rewards -> advantages (``advantage`` mode), then clipping to ``adv_clip_max``.
 
-        ``per_prompt``: A = (R - mean_p) / std_p over the prompt's buffer (DDPO sec. 5);
-        ``batch``: A = (R - mean) / std over the batch; ``none``: A = R.
+        ``group``: A_i = R_i - b_i with b_i the mean reward of the view's other draws (leave-one-out;
+        with ``antithetic``, of the other pairs). b_i does not depend on a_i given x_t, so
+        E[b_i ∇ log π(a_i)] = 0 and the estimate stays unbiased (Kool et al. 2019, "Buy 4 REINFORCE
+        samples, get a baseline for free"); ``normalize_std`` divides by the group's std (GRPO,
+        Shao et al. 2024, arXiv 2402.03300: biased, scale-free). ``per_prompt``: A = (R - mean_p) /
+        std_p over the prompt's buffer (DDPO sec. 5); ``batch``: A = (R - mean) / std over the
+        batch; ``none``: A = R.
         """
         mode = self.cfg.advantage
-        if mode == "per_prompt":
+        if mode == "group":
+            adv = group_advantages(rewards, int(self.cfg.num_samples), self.cfg.antithetic, self.cfg.normalize_std)
+        elif mode == "per_prompt":
             adv = self.tracker.update(list(prompts), rewards)
         elif mode == "batch":
             adv = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)
@@ -365,7 +399,7 @@ class DDPO3D:
             if c.target == "render" and images is not None:
                 images = rep(images.detach())
             else:
-                images = predictor.decode(target_x0)
+                images = predictor.decode_at(target_x0, c.reward_resolution)
             rewards = torch.as_tensor(reward(images, prompts_k)).to(device=x0.device, dtype=torch.float32)
             rewards = rewards.detach().reshape(-1)
             if rewards.shape[0] != B * K:
@@ -393,5 +427,29 @@ class DDPO3D:
         )
 
 
-def _gen_device(generator: Optional[torch.Generator], like: Tensor) -> torch.device:
-    return generator.device if generator is not None else like.device
+def group_advantages(
+    rewards: Float[Tensor, " N"], k: int, antithetic: bool = False, normalize_std: bool = False
+) -> Float[Tensor, " N"]:
+    """Leave-one-out advantages within each view's K draws (view-major rewards, N = B·K).
+
+    A_i = R_i - (Σ_{j∈G} R_j - Σ_{j∈P(i)} R_j) / (K - |P(i)|), with P(i) = {i} or, for antithetic
+    draws, i and its mirror (no baseline when nothing is left: K = 2 antithetic, whose pair needs
+    none). With ``normalize_std``: divided by the group's std (+1e-6).
+
+    Args:
+        rewards: R [B·K].
+        k: K.
+        antithetic: draws come in mirrored pairs (2m, 2m+1).
+        normalize_std: GRPO-style scaling (biased).
+
+    Returns:
+        A [B·K].
+    """
+    r = rewards.reshape(-1, k)
+    own = r.reshape(-1, k // 2, 2).sum(-1, keepdim=True).expand(-1, -1, 2).reshape(r.shape) if antithetic else r
+    left = k - (2 if antithetic else 1)
+    baseline = (r.sum(1, keepdim=True) - own) / left if left > 0 else torch.zeros_like(r)
+    adv = r - baseline
+    if normalize_std:
+        adv = adv / (r.std(1, unbiased=False, keepdim=True) + 1e-6)
+    return adv.reshape(-1)
