@@ -19,6 +19,8 @@ Usage::
 
     python benchmarks/objectives.py                      # tiny random SD on CPU
     python benchmarks/objectives.py --device cuda --sd-path /path/to/stable-diffusion-v1-5
+    python benchmarks/objectives.py --arch sd21 --quick --threads 2   # SD 2.1-base architecture;
+        # last line: "sd21 ddpo3d/sds step-time ratio: X" (SDS vs the shipped dreamfusion-ddpo block)
 """
 
 from __future__ import annotations
@@ -368,6 +370,147 @@ def print_cost(args, device):
     return key
 
 
+# ---------------------------------------------------------------------------- part 3: the SD 2.1 architecture
+def sd21_models(device, dtype):
+    """Stable Diffusion 2.1-base's UNet and VAE from their published configs, random weights (nothing downloaded)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+        norm_num_groups=32,
+        act_fn="silu",
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        downsample_padding=1,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=512,
+        act_fn="silu",
+        scaling_factor=0.18215,
+    )
+    sch = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+    )
+    for m in (unet, vae):
+        m.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    pred = UNetNoisePredictor(unet, vae, sch.alphas_cumprod, weights_dtype=dtype, resolution=512)
+    emb = torch.randn(2, 77, 1024, device=device)
+    return pred, emb[:1], emb[1:]
+
+
+class ViTL14Reward(torch.nn.Module):
+    """The aesthetic reward's compute with random weights: open_clip ViT-L/14 image tower at 224² + the MLP head."""
+
+    differentiable = True
+    name = "aesthetic-architecture"
+
+    def __init__(self, device, dtype):
+        super().__init__()
+        import open_clip
+
+        from ddpo3d.rewards.aesthetic import AestheticHead
+
+        torch.manual_seed(0)
+        self.visual = open_clip.create_model("ViT-L-14", pretrained=None).visual.to(device=device, dtype=dtype)
+        self.head = AestheticHead(768).to(device=device, dtype=dtype)
+        self.dtype = dtype
+        self.requires_grad_(False).eval()
+
+    def forward(self, images, prompts):
+        x = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), (224, 224), mode="bilinear", antialias=True)
+        emb = self.visual(x.to(self.dtype))
+        emb = emb / emb.norm(dim=-1, keepdim=True)
+        return self.head(emb).float().flatten()
+
+
+def shipped_block(name="dreamfusion-ddpo.yaml"):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "custom", "threestudio-ddpo3d", "configs", name))
+    return OmegaConf.to_container(cfg.system.guidance.objective), float(cfg.system.guidance.guidance_scale)
+
+
+def bench_sd21(args, device):
+    """SDS vs the shipped dreamfusion-ddpo objective block on the SD 2.1-base architecture."""
+    import warnings
+
+    dtype = torch.float16 if args.half else torch.float32
+    t0 = time.perf_counter()
+    pred, cond, uncond = sd21_models(device, dtype)
+    reward = ViTL14Reward(device, dtype)
+    build_s = time.perf_counter() - t0
+    block, scale = shipped_block()
+    variants = [("sds", {"type": "none"}), ("dreamfusion-ddpo (shipped block)", block)]
+    if not args.quick:
+        variants.append(("same, full-size decode", {**block, "reward_resolution": None}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        objs = {name: RewardGuidedSDS({"guidance_scale": scale, "objective": b}) for name, b in variants}
+    gen = torch.Generator(device=device).manual_seed(0)
+    render = torch.rand(1, 64, 64, 3, device=device, generator=gen)  # threestudio's 64² render, B=1
+    prompts = ["a photo of a hamburger"]
+
+    def step(name):
+        images = render.clone().requires_grad_(True)
+        out = objs[name](images, pred, cond, uncond, prompts, reward, generator=gen)
+        loss = sum(v for k, v in out.items() if k.startswith("loss_"))
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    wall = {n: [] for n, _ in variants}
+    cpu = {n: [] for n, _ in variants}
+    peak = {}
+    for name, _ in variants:  # warm-up
+        step(name)
+    for _ in range(args.rounds):
+        for name, _ in variants:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t, c = time.perf_counter(), time.process_time()
+            step(name)
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+            if device.type == "cuda":
+                peak[name] = torch.cuda.max_memory_allocated() / 2**20
+    key = cpu if device.type == "cpu" else wall
+    med = {n: statistics.median(v) for n, v in key.items()}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"## SD 2.1-base architecture (random weights), B=1, 64² render resized to 512, CFG {scale:g}, "
+        f"{dtype}, device {device}, {torch.get_num_threads()} thread(s), median of {args.rounds} round(s); "
+        f"models built in {build_s:.0f} s; 1-min load average {load:.1f}\n"
+    )
+    print(f"Shipped block: {block}\n")
+    print(f"| method | {'CPU time' if device.type == 'cpu' else 'wall'} (s) | wall (s) | ratio to sds | peak (MiB) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, _ in variants:
+        pk = f"{peak[name]:.0f}" if name in peak else "n/a"
+        print(
+            f"| {name} | {med[name]:.2f} | {statistics.median(wall[name]):.2f} | {med[name] / med['sds']:.3f} | {pk} |"
+        )
+    print()
+    print(f"sd21 ddpo3d/sds step-time ratio: {med['dreamfusion-ddpo (shipped block)'] / med['sds']:.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -380,9 +523,18 @@ def main():
     ap.add_argument("--cosine-trials", type=int, default=30)
     ap.add_argument("--cosine-k", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     ap.add_argument("--skip-cost", action="store_true", help="only the estimator-quality table")
+    ap.add_argument(
+        "--arch", choices=["tiny", "sd21"], default="tiny", help="sd21: SD 2.1-base UNet+VAE, random weights"
+    )
+    ap.add_argument("--quick", action="store_true", help="--arch sd21: one timed round, fewer variants")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.arch == "sd21":
+        if args.quick:
+            args.rounds = 1
+        bench_sd21(args, device)
+        return
 
     if not args.skip_cost:
         key = print_cost(args, device)

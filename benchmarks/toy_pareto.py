@@ -137,8 +137,11 @@ def run_job(job: dict, quick: bool) -> dict:
             "system.save_rgb_views=false",
             *(QUICK if quick else FULL),
         ]
+        import torch
+
+        gpu = ["--gpu", "0"] if torch.cuda.is_available() else []
         t0 = time.time()
-        rc = launch_main(["--config", str(path), "--train", *over])
+        rc = launch_main(["--config", str(path), "--train", *gpu, *over])
         if rc != 0:
             raise RuntimeError(f"run {job_key(job)} failed with exit code {rc}")
         rows = {}

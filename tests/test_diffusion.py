@@ -263,3 +263,34 @@ def test_decode_at_reward_size():
     resized = F.interpolate(x, (8, 8), mode="bilinear", antialias=True, align_corners=False)
     assert prior.pixels_per_unit == 1
     assert torch.allclose(prior.decode_at(x, 8), prior.decode(resized))
+
+
+def test_tiny_reward_decoder_loads_offline_and_errors_once(tmp_path):
+    """A seeded tiny AutoencoderTiny twin stands in for TAESD; a missing one is one clear error."""
+    from diffusers import AutoencoderTiny
+
+    from ddpo3d.diffusion.tiny_decoder import TinyLatentDecoder
+    from ddpo3d.objectives import DDPO3D
+    from ddpo3d.weights import WeightsNotFoundError
+
+    torch.manual_seed(0)
+    twin = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+    )
+    twin.save_pretrained(tmp_path / "taesd-twin")
+    dec = TinyLatentDecoder(str(tmp_path / "taesd-twin"))
+    x0 = torch.randn(2, 4, 8, 8)
+    img = dec.decode(x0)
+    factor = 2 ** (len(twin.config.decoder_block_out_channels) - 1)
+    assert img.shape == (2, 8 * factor, 8 * factor, 3) and 0 <= float(img.min()) and float(img.max()) <= 1
+    unet, vae, sch = tiny_unet(), tiny_vae(), sd_scheduler()
+    pred = UNetNoisePredictor(unet, vae, sch.alphas_cumprod)
+    obj = DDPO3D({"reward_decoder": str(tmp_path / "taesd-twin"), "reward_resolution": 4 * factor})
+    assert obj.decode(pred, x0).shape == (2, 4 * factor, 4 * factor, 3)
+    with pytest.raises(WeightsNotFoundError, match="reward_decoder") as err:
+        TinyLatentDecoder(str(tmp_path / "nowhere"))
+    assert "huggingface-cli download madebyollin/taesd" in str(err.value)

@@ -85,6 +85,9 @@ class DDPO3DConfig:
     # decode reward targets at about this many pixels a side (the reward model's input, e.g. 224 for
     # CLIP): latents are resized to size/8 before the VAE decoder; null = full-size decode
     reward_resolution: Optional[int] = None
+    # decode reward targets with a tiny autoencoder instead of the predictor's VAE: a local
+    # AutoencoderTiny folder or a cached hub repo ("madebyollin/taesd" for SD 1.x/2.x latents); null = the VAE
+    reward_decoder: Optional[str] = None
 
 
 @dataclass
@@ -188,6 +191,7 @@ class DDPO3D:
                 stacklevel=2,
             )
         self.tracker = PerPromptStatTracker(c.buffer_size, c.min_count)
+        self._tiny_decoder = None
 
     def update_step(self, epoch: int, global_step: int) -> None:
         """Nothing is scheduled inside the objective (its strength is ``lambda_ddpo``)."""
@@ -311,6 +315,21 @@ class DDPO3D:
             x = ab_next.sqrt() * x0_hat + (1.0 - ab_next).sqrt() * eps
         raise AssertionError("unreachable")
 
+    def decode(self, predictor: NoisePredictor, target_x0: Float[Tensor, "N C h w"]) -> Float[Tensor, "N H W 3"]:
+        """Reward images: ``predictor.decode_at(x0, reward_resolution)``, or the tiny decoder's."""
+        c = self.cfg
+        if c.reward_decoder is None:
+            return predictor.decode_at(target_x0, c.reward_resolution)
+        if self._tiny_decoder is None:
+            from ddpo3d.diffusion.tiny_decoder import TinyLatentDecoder
+
+            self._tiny_decoder = TinyLatentDecoder(c.reward_decoder, target_x0.device)
+        x = target_x0
+        if c.reward_resolution is not None:
+            side = max(1, int(round(c.reward_resolution / predictor.pixels_per_unit)))
+            x = torch.nn.functional.interpolate(x, (side, side), mode="bilinear", antialias=True, align_corners=False)
+        return self._tiny_decoder.decode(x)
+
     # ------------------------------------------------------------------ 3. advantages
     def advantages(self, rewards: Float[Tensor, " N"], prompts: Sequence[str]) -> Float[Tensor, " N"]:
         """Rewards -> advantages (``advantage`` mode), then clipping to ``adv_clip_max``.
@@ -399,7 +418,7 @@ class DDPO3D:
             if c.target == "render" and images is not None:
                 images = rep(images.detach())
             else:
-                images = predictor.decode_at(target_x0, c.reward_resolution)
+                images = self.decode(predictor, target_x0)
             rewards = torch.as_tensor(reward(images, prompts_k)).to(device=x0.device, dtype=torch.float32)
             rewards = rewards.detach().reshape(-1)
             if rewards.shape[0] != B * K:
