@@ -100,7 +100,7 @@ def job_key(job: dict) -> str:
     return f"{job['reward']}|{job['label']}|{job['strength']}|{job['seed']}|{job['prompt']}"
 
 
-def run_job(job: dict, quick: bool) -> dict:
+def run_job(job: dict, quick: bool, extra: tuple = ()) -> dict:
     """Train one toy run in this process and return its final test reward and PSNR."""
     import csv
     import shutil
@@ -136,6 +136,7 @@ def run_job(job: dict, quick: bool) -> dict:
             f"system.prompt_processor.prompt={job['prompt']}",
             "system.save_rgb_views=false",
             *(QUICK if quick else FULL),
+            *extra,
         ]
         import torch
 
@@ -162,7 +163,7 @@ def run_job(job: dict, quick: bool) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _worker(queue_in, queue_out, quick):
+def _worker(queue_in, queue_out, quick, extra):
     import torch
 
     torch.set_num_threads(1)
@@ -172,7 +173,7 @@ def _worker(queue_in, queue_out, quick):
         if job is None:
             return
         try:
-            queue_out.put(run_job(job, quick))
+            queue_out.put(run_job(job, quick, extra))
         except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
             queue_out.put({"key": job_key(job), "error": f"{type(exc).__name__}: {exc}"})
 
@@ -283,6 +284,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "outputs" / "toy-pareto"))
+    ap.add_argument("--steps", type=int, default=None, help="override trainer.max_steps (smoke runs)")
     args = ap.parse_args(argv)
     out = Path(args.out) / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)
@@ -298,7 +300,8 @@ def main(argv=None) -> int:
     if todo:
         ctx = mp.get_context("spawn")
         q_in, q_out = ctx.Queue(), ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(q_in, q_out, args.quick)) for _ in range(args.workers)]
+        extra = [] if args.steps is None else [f"trainer.max_steps={args.steps}"]
+        procs = [ctx.Process(target=_worker, args=(q_in, q_out, args.quick, extra)) for _ in range(args.workers)]
         for p in procs:
             p.start()
         for j in todo:

@@ -122,4 +122,4 @@ def test_shipped_config_alignment_is_measurably_active(path):
         ratios.append(out["align_to_sds_grad_ratio"] * lam_align / lam_sds)
         raws.append(out["align_raw_to_sds_grad_ratio"])
     sent = sorted(ratios)[1]
-    assert 0.01 <= sent <= 3.0, (path, ratios, raws)
+    assert 0.01 <= sent <= 3.0 * (1 + 1e-4), (path, ratios, raws)  # the ratio mode sets it to float precision
