@@ -1,11 +1,11 @@
-"""Benchmark of the alignment objectives: cost per step and estimator quality.
+"""Benchmark of the alignment objectives.
 
 1. Cost: one full step (render leaf -> encode -> objective -> backward) of ``sds``, ``ddpo3d``
    (each target, unet_jacobian false / true) and ``reward-backprop`` with a tiny Stable Diffusion
    UNet (attention only at the lowest level) at 64x64 latents, B=4; time per step (median of
    interleaved rounds) and peak memory, each as a ratio to ``sds`` measured in the same process.
-2. Variance: on the analytic prior, the cosine between one step's DDPO3D estimate and the exact
-   gradient of its target, for K = 1, 2, 4, 8 samples per view.
+2. Estimator quality: on the analytic prior, the cosine between one step's DDPO3D estimate and
+   the exact gradient of its target, by variance-reduction variant and K samples per view.
 
 Prints Markdown tables; the last two lines are exactly
 
@@ -19,6 +19,8 @@ Usage::
 
     python benchmarks/objectives.py                      # tiny random SD on CPU
     python benchmarks/objectives.py --device cuda --sd-path /path/to/stable-diffusion-v1-5
+    python benchmarks/objectives.py --arch sd21 --quick --threads 2   # SD 2.1-base architecture;
+        # last line: "sd21 ddpo3d/sds step-time ratio: X" (SDS vs the shipped dreamfusion-ddpo block)
 """
 
 from __future__ import annotations
@@ -196,14 +198,17 @@ class PeakMemory:
 
 
 # ---------------------------------------------------------------------------- part 1: cost
+K1 = {"type": "ddpo3d", "num_samples": 1, "advantage": "per_prompt"}
+DEFAULT = "ddpo3d x0_pred affine K=1 (jacobian false)"
+JACOBIAN = "ddpo3d x0_pred affine K=1 (jacobian true)"
 METHODS = [
     ("sds", {"type": "none"}, "jpeg"),
-    ("ddpo3d x0_pred affine K=1 (jacobian false)", {"type": "ddpo3d"}, "jpeg"),
-    ("ddpo3d x0_pred affine K=1 (jacobian true)", {"type": "ddpo3d", "unet_jacobian": True}, "jpeg"),
-    ("ddpo3d x0_pred action_unet K=1", {"type": "ddpo3d", "x0_from": "action_unet"}, "jpeg"),
-    ("ddpo3d x0_pred affine K=4", {"type": "ddpo3d", "num_samples": 4}, "jpeg"),
-    ("ddpo3d rollout (5 DDIM steps) K=1", {"type": "ddpo3d", "target": "rollout", "rollout_steps": 5}, "jpeg"),
-    ("ddpo3d render K=1", {"type": "ddpo3d", "target": "render"}, "jpeg"),
+    (DEFAULT, K1, "jpeg"),
+    (JACOBIAN, {**K1, "unet_jacobian": True}, "jpeg"),
+    ("ddpo3d x0_pred action_unet K=1", {**K1, "x0_from": "action_unet"}, "jpeg"),
+    ("ddpo3d x0_pred affine K=4 (group baseline)", {"type": "ddpo3d", "num_samples": 4}, "jpeg"),
+    ("ddpo3d rollout (5 DDIM steps) K=1", {**K1, "target": "rollout", "rollout_steps": 5}, "jpeg"),
+    ("ddpo3d render K=1", {**K1, "target": "render"}, "jpeg"),
     ("reward-backprop", {"type": "reward-backprop"}, "conv"),
 ]
 
@@ -258,12 +263,23 @@ def bench_cost(args, device):
 
 
 # ---------------------------------------------------------------------------- part 2: variance
+VARIANTS = [
+    ("raw reward", {"advantage": "none"}),
+    ("batch z-score", {"advantage": "batch"}),
+    ("leave-one-out", {"advantage": "group"}),
+    ("leave-one-out + std (GRPO, biased)", {"advantage": "group", "normalize_std": True}),
+    ("antithetic", {"advantage": "none", "antithetic": True}),
+    ("antithetic + leave-one-out", {"advantage": "group", "antithetic": True}),
+]
+
+
 def bench_cosine(args):
     """Cosine of one step's estimate (B=4 views, D=3x16x16) with the exact target gradient.
 
-    Gaussian prior, linear reward on the decoded x̂0, unet_jacobian false: the target (with ε̂
-    frozen) has gradient ∂R/∂x0 = w/2 per view for every t and ε (x̂0(μ) = x0 exactly), so the
-    exact direction is known in closed form.
+    Gaussian prior, reward on the decoded x̂0, unet_jacobian false: with the linear reward the
+    target (ε̂ frozen) has gradient ∂R/∂x0 = w/2 per view for every t and ε (x̂0(μ) = x0 exactly);
+    the quadratic reward -||img - c||² has exact gradient -(img(x̂0(μ)) - c) per view, i.e.
+    -(decode(x0) - c) with the decode's 1/2.
     """
     torch.manual_seed(0)
     prior = AnalyticGaussianPrior(sigma_data=0.3, clamp_decode=False)
@@ -271,53 +287,52 @@ def bench_cosine(args):
     cond = 0.5 * torch.randn(1, 1, *shape)
     uncond = torch.cat([cond, 0.5 * torch.randn(1, 1, *shape)], 1)
     w = torch.randn(16, 16, 3)
+    centre = torch.rand(16, 16, 3)
 
-    def reward(images, prompts):
+    def linear(images, prompts):
         return ((images - 0.5) * w).flatten(1).sum(1)
 
-    reward.differentiable = True
-    exact = (w.permute(2, 0, 1) / 2).flatten().repeat(B)
+    def quadratic(images, prompts):
+        return -((images - centre) ** 2).flatten(1).sum(1)
+
     rows = []
-    for K in (1, 2, 4, 8):
-        res = {}
-        for adv in ("none", "batch"):
-            cos = []
-            for _trial in range(args.cosine_trials):
-                obj = DDPO3D({"num_samples": K, "advantage": adv, "adv_clip_max": None})
-                x0 = (0.3 * torch.randn(B, *shape)).requires_grad_(True)
-                t = torch.randint(20, 981, (B,))
-                out = obj(
-                    x0,
-                    prior,
-                    cond.expand(B, -1, -1, -1, -1),
-                    uncond.expand(B, -1, -1, -1, -1),
-                    None,
-                    reward,
-                    t,
-                    torch.randn(B, *shape),
-                    guidance_scale=7.5,
-                )
-                (g,) = torch.autograd.grad(out.loss_ddpo, x0)
-                cos.append(float(torch.nn.functional.cosine_similarity(-g.flatten(), exact, dim=0)))
-            res[adv] = (statistics.mean(cos), statistics.stdev(cos))
-        rows.append((K, res))
+    for reward_name, reward in (("linear", linear), ("quadratic", quadratic)):
+        for K in args.cosine_k:
+            res = {}
+            for name, variant in VARIANTS:
+                if K < 2 and (variant.get("antithetic") or variant["advantage"] == "group"):
+                    continue
+                cos = []
+                gen = torch.Generator().manual_seed(1)
+                for _trial in range(args.cosine_trials):
+                    obj = DDPO3D({"num_samples": K, "adv_clip_max": None, **variant})
+                    x0 = (0.3 * torch.randn(B, *shape, generator=gen)).requires_grad_(True)
+                    t = torch.randint(20, 981, (B,), generator=gen)
+                    out = obj(
+                        x0,
+                        prior,
+                        cond.expand(B, -1, -1, -1, -1),
+                        uncond.expand(B, -1, -1, -1, -1),
+                        None,
+                        reward,
+                        t,
+                        torch.randn(B, *shape, generator=gen),
+                        guidance_scale=7.5,
+                        generator=gen,
+                    )
+                    (g,) = torch.autograd.grad(out.loss_ddpo, x0)
+                    if reward_name == "linear":
+                        exact = (w.permute(2, 0, 1) / 2).flatten().repeat(B)
+                    else:
+                        exact = (-(prior.decode(x0.detach()) - centre)).permute(0, 3, 1, 2).flatten()
+                    cos.append(float(torch.nn.functional.cosine_similarity(-g.flatten(), exact, dim=0)))
+                res[name] = (statistics.mean(cos), statistics.stdev(cos) / len(cos) ** 0.5)
+            rows.append((reward_name, K, res))
     return rows
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--sd-path", default=None, help="local Stable Diffusion folder (diffusers layout)")
-    ap.add_argument("--half", action="store_true", help="fp16 weights with --sd-path")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--latent", type=int, default=64, help="latent size of the tiny model")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--cosine-trials", type=int, default=30)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-
+def print_cost(args, device):
+    """Run and print part 1; returns the per-method times the ratios use."""
     med, cpu, mems, what, jpeg_what, res = bench_cost(args, device)
     # On CPU the ratios use process CPU time: with other processes on the cores, wall time
     # mostly measures the scheduler; CPU time of this (single-threaded) process measures the work.
@@ -352,21 +367,193 @@ def main():
             f"{saved:.1f} | {saved / base_m:.2f} | {peak_s} |"
         )
 
+    return key
+
+
+# ---------------------------------------------------------------------------- part 3: the SD 2.1 architecture
+def sd21_models(device, dtype):
+    """Stable Diffusion 2.1-base's UNet and VAE from their published configs, random weights (nothing downloaded)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+        norm_num_groups=32,
+        act_fn="silu",
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        downsample_padding=1,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=512,
+        act_fn="silu",
+        scaling_factor=0.18215,
+    )
+    sch = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+    )
+    for m in (unet, vae):
+        m.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    pred = UNetNoisePredictor(unet, vae, sch.alphas_cumprod, weights_dtype=dtype, resolution=512)
+    emb = torch.randn(2, 77, 1024, device=device)
+    return pred, emb[:1], emb[1:]
+
+
+class ViTL14Reward(torch.nn.Module):
+    """The aesthetic reward's compute with random weights: open_clip ViT-L/14 image tower at 224² + the MLP head."""
+
+    differentiable = True
+    name = "aesthetic-architecture"
+
+    def __init__(self, device, dtype):
+        super().__init__()
+        import open_clip
+
+        from ddpo3d.rewards.aesthetic import AestheticHead
+
+        torch.manual_seed(0)
+        self.visual = open_clip.create_model("ViT-L-14", pretrained=None).visual.to(device=device, dtype=dtype)
+        self.head = AestheticHead(768).to(device=device, dtype=dtype)
+        self.dtype = dtype
+        self.requires_grad_(False).eval()
+
+    def forward(self, images, prompts):
+        x = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), (224, 224), mode="bilinear", antialias=True)
+        emb = self.visual(x.to(self.dtype))
+        emb = emb / emb.norm(dim=-1, keepdim=True)
+        return self.head(emb).float().flatten()
+
+
+def shipped_block(name="dreamfusion-ddpo.yaml"):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "custom", "threestudio-ddpo3d", "configs", name))
+    return OmegaConf.to_container(cfg.system.guidance.objective), float(cfg.system.guidance.guidance_scale)
+
+
+def bench_sd21(args, device):
+    """SDS vs the shipped dreamfusion-ddpo objective block on the SD 2.1-base architecture."""
+    import warnings
+
+    dtype = torch.float16 if args.half else torch.float32
+    t0 = time.perf_counter()
+    pred, cond, uncond = sd21_models(device, dtype)
+    reward = ViTL14Reward(device, dtype)
+    build_s = time.perf_counter() - t0
+    block, scale = shipped_block()
+    variants = [("sds", {"type": "none"}), ("dreamfusion-ddpo (shipped block)", block)]
+    if not args.quick:
+        variants.append(("same, full-size decode", {**block, "reward_resolution": None}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        objs = {name: RewardGuidedSDS({"guidance_scale": scale, "objective": b}) for name, b in variants}
+    gen = torch.Generator(device=device).manual_seed(0)
+    render = torch.rand(1, 64, 64, 3, device=device, generator=gen)  # threestudio's 64² render, B=1
+    prompts = ["a photo of a hamburger"]
+
+    def step(name):
+        images = render.clone().requires_grad_(True)
+        out = objs[name](images, pred, cond, uncond, prompts, reward, generator=gen)
+        loss = sum(v for k, v in out.items() if k.startswith("loss_"))
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    wall = {n: [] for n, _ in variants}
+    cpu = {n: [] for n, _ in variants}
+    peak = {}
+    for name, _ in variants:  # warm-up
+        step(name)
+    for _ in range(args.rounds):
+        for name, _ in variants:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t, c = time.perf_counter(), time.process_time()
+            step(name)
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+            if device.type == "cuda":
+                peak[name] = torch.cuda.max_memory_allocated() / 2**20
+    key = cpu if device.type == "cpu" else wall
+    med = {n: statistics.median(v) for n, v in key.items()}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"## SD 2.1-base architecture (random weights), B=1, 64² render resized to 512, CFG {scale:g}, "
+        f"{dtype}, device {device}, {torch.get_num_threads()} thread(s), median of {args.rounds} round(s); "
+        f"models built in {build_s:.0f} s; 1-min load average {load:.1f}\n"
+    )
+    print(f"Shipped block: {block}\n")
+    print(f"| method | {'CPU time' if device.type == 'cpu' else 'wall'} (s) | wall (s) | ratio to sds | peak (MiB) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, _ in variants:
+        pk = f"{peak[name]:.0f}" if name in peak else "n/a"
+        print(
+            f"| {name} | {med[name]:.2f} | {statistics.median(wall[name]):.2f} | {med[name] / med['sds']:.3f} | {pk} |"
+        )
+    print()
+    print(f"sd21 ddpo3d/sds step-time ratio: {med['dreamfusion-ddpo (shipped block)'] / med['sds']:.3f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--sd-path", default=None, help="local Stable Diffusion folder (diffusers layout)")
+    ap.add_argument("--half", action="store_true", help="fp16 weights with --sd-path")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--latent", type=int, default=64, help="latent size of the tiny model")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--cosine-trials", type=int, default=30)
+    ap.add_argument("--cosine-k", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    ap.add_argument("--skip-cost", action="store_true", help="only the estimator-quality table")
+    ap.add_argument(
+        "--arch", choices=["tiny", "sd21"], default="tiny", help="sd21: SD 2.1-base UNet+VAE, random weights"
+    )
+    ap.add_argument("--quick", action="store_true", help="--arch sd21: one timed round, fewer variants")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.arch == "sd21":
+        if args.quick:
+            args.rounds = 1
+        bench_sd21(args, device)
+        return
+
+    if not args.skip_cost:
+        key = print_cost(args, device)
     rows = bench_cosine(args)
     print(
         f"\n## Cosine(one step's estimate, exact gradient), analytic prior, B=4, D=3x16x16, "
-        f"x0_pred, unet_jacobian false, mean ± sd over {args.cosine_trials} steps\n"
+        f"x0_pred, unet_jacobian false, mean ± standard error over {args.cosine_trials} steps\n"
     )
-    print("| K | cosine, raw reward | cosine, batch-normalised advantage |")
-    print("|---:|---:|---:|")
-    for K, res_k in rows:
-        print(
-            f"| {K} | {res_k['none'][0]:.3f} ± {res_k['none'][1]:.3f} | "
-            f"{res_k['batch'][0]:.3f} ± {res_k['batch'][1]:.3f} |"
-        )
-    print()
-    print(f"ddpo3d-full-jacobian/sds step-time ratio: {key['ddpo3d x0_pred affine K=1 (jacobian true)'] / base_t:.3f}")
-    print(f"ddpo3d/sds step-time ratio: {key['ddpo3d x0_pred affine K=1 (jacobian false)'] / base_t:.3f}")
+    names = [n for n, _ in VARIANTS]
+    print("| reward | K | " + " | ".join(names) + " |")
+    print("|---|---:|" + "---:|" * len(names))
+    for reward_name, K, res_k in rows:
+        cells = [f"{res_k[n][0]:.3f} ± {res_k[n][1]:.3f}" if n in res_k else "n/a" for n in names]
+        print(f"| {reward_name} | {K} | " + " | ".join(cells) + " |")
+    if not args.skip_cost:
+        base_t = key["sds"]
+        print()
+        print(f"ddpo3d-full-jacobian/sds step-time ratio: {key[JACOBIAN] / base_t:.3f}")
+        print(f"ddpo3d/sds step-time ratio: {key[DEFAULT] / base_t:.3f}")
 
 
 if __name__ == "__main__":

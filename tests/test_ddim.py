@@ -1,5 +1,6 @@
-"""ddim_step_with_logprob: same action distribution as diffusers' DDIMScheduler.step, a log-prob
-equal to an independent Gaussian computation, and its error cases."""
+"""ddim_step_with_logprob: same action distribution as diffusers' DDIMScheduler.step (through a
+small adapter that reads the scheduler), a log-prob equal to an independent Gaussian computation,
+and its error cases."""
 
 import math
 
@@ -14,10 +15,24 @@ from ddpo3d.diffusion import AnalyticGaussianPrior, ddim_step_with_logprob  # no
 
 
 def sd_scheduler(**kw):
-    kw.setdefault("clip_sample", False)
-    sch = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False, **kw)
+    sch = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        set_alpha_to_one=False,
+        clip_sample=False,
+        **kw,
+    )
     sch.set_timesteps(50)
     return sch
+
+
+def step(sch, eps, t, x, eta, **kw):
+    """Adapter: a diffusers DDIMScheduler's schedule, step size and final ᾱ into the product step."""
+    kw.setdefault("prev_timestep", t - sch.config.num_train_timesteps // sch.num_inference_steps)
+    return ddim_step_with_logprob(
+        sch.alphas_cumprod, eps, t, x, eta, final_alpha_cumprod=float(sch.final_alpha_cumprod), **kw
+    )
 
 
 def test_same_prev_sample_as_diffusers_for_the_same_noise():
@@ -26,16 +41,9 @@ def test_same_prev_sample_as_diffusers_for_the_same_noise():
     for t in (981, 501, 21, 1):  # t=1 steps past 0: final_alpha_cumprod = ᾱ_0
         for eta in (0.3, 1.0):
             ref = sch.step(eps, t, x, eta=eta, variance_noise=z)
-            ours = ddim_step_with_logprob(sch, eps, t, x, eta, variance_noise=z)
+            ours = step(sch, eps, t, x, eta, variance_noise=z)
             assert torch.allclose(ours.prev_sample, ref.prev_sample, atol=1e-5)
             assert torch.allclose(ours.pred_original_sample, ref.pred_original_sample, atol=1e-5)
-
-
-def test_clip_sample_config_is_followed():
-    sch = sd_scheduler(clip_sample=True)
-    x, eps, z = 3 * torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3)
-    ref = sch.step(eps, 801, x, eta=1.0, variance_noise=z).prev_sample
-    assert torch.allclose(ddim_step_with_logprob(sch, eps, 801, x, 1.0, variance_noise=z).prev_sample, ref, atol=1e-5)
 
 
 def test_prev_sample_distribution_matches_diffusers_by_sampling():
@@ -44,7 +52,7 @@ def test_prev_sample_distribution_matches_diffusers_by_sampling():
     n, t, eta = 40_000, 601, 0.8
     x = torch.randn(1, 3, 2, 2).expand(n, -1, -1, -1)
     eps = torch.randn(1, 3, 2, 2).expand(n, -1, -1, -1)
-    ours = ddim_step_with_logprob(sch, eps, t, x, eta, generator=torch.Generator().manual_seed(1)).prev_sample
+    ours = step(sch, eps, t, x, eta, generator=torch.Generator().manual_seed(1)).prev_sample
     theirs = sch.step(eps, t, x, eta=eta, generator=torch.Generator().manual_seed(2)).prev_sample
     a, b = ours.flatten(1), theirs.flatten(1)
     ma, mb, sa, sb = a.mean(0), b.mean(0), a.std(0), b.std(0)
@@ -65,7 +73,7 @@ def test_log_prob_equals_an_independent_gaussian_computation():
     x, eps = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
     t = torch.tensor([901, 401, 41])
     tp = t - 20
-    out = ddim_step_with_logprob(sch, eps, t, x, 0.7, prev_timestep=tp, logprob_reduction="sum")
+    out = step(sch, eps, t, x, 0.7, prev_timestep=tp, logprob_reduction="sum")
     # independent: float64, DDIM eq. 12 written out, torch.distributions.Normal
     ab, abp = ac[t].view(-1, 1, 1, 1), ac[tp].view(-1, 1, 1, 1)
     sig = 0.7 * ((1 - abp) / (1 - ab) * (1 - ab / abp)).sqrt()
@@ -77,8 +85,8 @@ def test_log_prob_equals_an_independent_gaussian_computation():
     assert torch.allclose(out.std_dev_t.double().flatten(), sig.flatten(), rtol=1e-5)
     # scoring a given action; "mean" reduction = sum / D (DDPO's convention)
     given = torch.randn(3, 4, 2, 2)
-    s = ddim_step_with_logprob(sch, eps, t, x, 0.7, prev_timestep=tp, prev_sample=given, logprob_reduction="sum")
-    m = ddim_step_with_logprob(sch, eps, t, x, 0.7, prev_timestep=tp, prev_sample=given)
+    s = step(sch, eps, t, x, 0.7, prev_timestep=tp, prev_sample=given, logprob_reduction="sum")
+    m = step(sch, eps, t, x, 0.7, prev_timestep=tp, prev_sample=given)
     assert torch.equal(s.prev_sample, given)
     ref_given = torch.distributions.Normal(mean, sig.expand_as(mean)).log_prob(given.double()).flatten(1)
     assert torch.allclose(s.log_prob.double(), ref_given.sum(1), rtol=1e-5, atol=1e-3)
@@ -91,7 +99,7 @@ def test_per_item_timesteps_match_scalar_calls_and_tensor_schedule():
     t = torch.tensor([901, 401, 41])
     batched = ddim_step_with_logprob(sch.alphas_cumprod, eps, t, x, 1.0, prev_timestep=t - 20, variance_noise=z)
     for i in range(3):
-        one = ddim_step_with_logprob(sch, eps[i : i + 1], int(t[i]), x[i : i + 1], 1.0, variance_noise=z[i : i + 1])
+        one = step(sch, eps[i : i + 1], int(t[i]), x[i : i + 1], 1.0, variance_noise=z[i : i + 1])
         assert torch.allclose(batched.prev_sample[i], one.prev_sample[0], atol=1e-5)
         assert torch.allclose(batched.log_prob[i], one.log_prob[0], atol=1e-4)
     prior = AnalyticGaussianPrior()  # a NoisePredictor is accepted too
@@ -104,7 +112,7 @@ def test_log_prob_gradient_wrt_sample_is_the_analytic_score():
     sch = sd_scheduler()
     x = torch.randn(2, 4, 2, 2, requires_grad=True)
     eps = torch.randn(2, 4, 2, 2)
-    out = ddim_step_with_logprob(sch, eps, 501, x, 1.0, logprob_reduction="sum")
+    out = step(sch, eps, 501, x, 1.0, logprob_reduction="sum")
     (g,) = torch.autograd.grad(out.log_prob.sum(), x)
     ab_t, ab_p = sch.alphas_cumprod[501], sch.alphas_cumprod[481]
     expect = (ab_p / ab_t).sqrt() * (out.prev_sample - out.prev_sample_mean.detach()) / out.std_dev_t**2
@@ -115,17 +123,15 @@ def test_log_prob_gradient_wrt_sample_is_the_analytic_score():
 def test_non_positive_eta_is_a_clear_error(eta):
     sch = sd_scheduler()
     with pytest.raises(ValueError, match="eta > 0"):
-        ddim_step_with_logprob(sch, torch.randn(1, 4, 2, 2), 501, torch.randn(1, 4, 2, 2), eta)
+        step(sch, torch.randn(1, 4, 2, 2), 501, torch.randn(1, 4, 2, 2), eta)
 
 
 def test_other_errors():
     ac = sd_scheduler().alphas_cumprod
     x = torch.randn(1, 4, 2, 2)
-    with pytest.raises(ValueError, match="prev_timestep is required"):
-        ddim_step_with_logprob(ac, x, 501, x, 1.0)
     with pytest.raises(ValueError, match="sigma_t = 0"):  # stepping past 0 with ᾱ_final = 1
         ddim_step_with_logprob(ac, x, 5, x, 1.0, prev_timestep=-1)
     with pytest.raises(ValueError, match="logprob_reduction"):
         ddim_step_with_logprob(ac, x, 501, x, 1.0, prev_timestep=481, logprob_reduction="max")
-    with pytest.raises(TypeError, match="scheduler_or_alphas"):
-        ddim_step_with_logprob("ddim", x, 501, x, 1.0)
+    with pytest.raises(TypeError, match="alphas"):
+        ddim_step_with_logprob("ddim", x, 501, x, 1.0, prev_timestep=481)

@@ -244,3 +244,53 @@ def test_from_guidance_wraps_threestudio_attributes():
     assert pred.final_alpha_cumprod == pytest.approx(float(sch.alphas_cumprod[0]))
     no_vae = UNetNoisePredictor.from_guidance(SimpleNamespace(unet=unet, alphas=sch.alphas_cumprod, scheduler=sch))
     assert not no_vae.latent_mode
+
+
+def test_decode_at_reward_size():
+    """Latents are resized to size / 8-ish before the decoder; in pixel space it is an image resize."""
+    import torch.nn.functional as F
+
+    unet, vae, sch = tiny_unet(), tiny_vae(), sd_scheduler()
+    pred = UNetNoisePredictor(unet, vae, sch.alphas_cumprod)
+    factor = pred.pixels_per_unit
+    assert factor == 2 ** (len(vae.config.block_out_channels) - 1)
+    x0 = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        assert pred.decode_at(x0, None).shape == (2, 16 * factor, 16 * factor, 3)
+        assert pred.decode_at(x0, 8 * factor).shape == (2, 8 * factor, 8 * factor, 3)
+    prior = AnalyticGaussianPrior(clamp_decode=False)
+    x = torch.randn(1, 3, 16, 16)
+    resized = F.interpolate(x, (8, 8), mode="bilinear", antialias=True, align_corners=False)
+    assert prior.pixels_per_unit == 1
+    assert torch.allclose(prior.decode_at(x, 8), prior.decode(resized))
+
+
+def test_tiny_reward_decoder_loads_offline_and_errors_once(tmp_path):
+    """A seeded tiny AutoencoderTiny twin stands in for TAESD; a missing one is one clear error."""
+    from diffusers import AutoencoderTiny
+
+    from ddpo3d.diffusion.tiny_decoder import TinyLatentDecoder
+    from ddpo3d.objectives import DDPO3D
+    from ddpo3d.weights import WeightsNotFoundError
+
+    torch.manual_seed(0)
+    twin = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+    )
+    twin.save_pretrained(tmp_path / "taesd-twin")
+    dec = TinyLatentDecoder(str(tmp_path / "taesd-twin"))
+    x0 = torch.randn(2, 4, 8, 8)
+    img = dec.decode(x0)
+    factor = 2 ** (len(twin.config.decoder_block_out_channels) - 1)
+    assert img.shape == (2, 8 * factor, 8 * factor, 3) and 0 <= float(img.min()) and float(img.max()) <= 1
+    unet, vae, sch = tiny_unet(), tiny_vae(), sd_scheduler()
+    pred = UNetNoisePredictor(unet, vae, sch.alphas_cumprod)
+    obj = DDPO3D({"reward_decoder": str(tmp_path / "taesd-twin"), "reward_resolution": 4 * factor})
+    assert obj.decode(pred, x0).shape == (2, 4 * factor, 4 * factor, 3)
+    with pytest.raises(WeightsNotFoundError, match="reward_decoder") as err:
+        TinyLatentDecoder(str(tmp_path / "nowhere"))
+    assert "huggingface-cli download madebyollin/taesd" in str(err.value)

@@ -158,10 +158,10 @@ def _load_extension():
         load_custom_modules(default_custom_dirs())
 
 
-def test_guidance_with_zero_weight_is_plain_sds(tiny):
+def test_guidance_sds_part_is_plain_sds(tiny):
     _load_extension()
     plain = _guidance("stable-diffusion-guidance", tiny, None)
-    ours = _guidance("ddpo3d-stable-diffusion-guidance", tiny, {"type": "ddpo3d", "weight": 0.0, "num_samples": 2})
+    ours = _guidance("ddpo3d-stable-diffusion-guidance", tiny, {"type": "ddpo3d", "num_samples": 2})
     pu = _prompt_utils(tiny)
     cams = dict(
         elevation=torch.tensor([10.0, 30.0]),
@@ -179,7 +179,7 @@ def test_guidance_with_zero_weight_is_plain_sds(tiny):
     (p_out, p_grad), (o_out, o_grad) = results
     assert torch.allclose(p_out["loss_sds"], o_out["loss_sds"], rtol=1e-5, atol=1e-6)
     assert torch.allclose(p_grad, o_grad, rtol=1e-5, atol=1e-7)
-    assert float(o_out["loss_ddpo"]) == 0.0
+    assert torch.isfinite(o_out["loss_ddpo"])  # the alignment branch ran beside the unchanged SDS
 
 
 def test_guidance_ddpo_gradient_reaches_render(tiny):

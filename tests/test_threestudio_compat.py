@@ -33,7 +33,7 @@ the same importlib-spec semantics when ``launch.py`` is not at hand), and then:
    ``StableDiffusionGuidance`` and, fed threestudio's ``stable-diffusion-prompt-processor``
    output, returns finite ``loss_sds`` / ``loss_ddpo`` (and ``loss_reward`` for
    reward-backprop) whose gradients reach the rgb input;
-3. with ``objective.weight: 0`` and ``reward.weight: 0`` its ``loss_sds`` and rgb gradient equal
+3. with ``reward.weight: 0`` its ``loss_sds`` and rgb gradient (of ``loss_sds``) equal
    threestudio's plain ``stable-diffusion-guidance`` for the same global seed (see
    ``_check_sds_equal`` for the two harness adjustments this needs);
    ``ddpo3d-deep-floyd-guidance`` likewise over threestudio's ``DeepFloydGuidance`` on a tiny
@@ -383,7 +383,7 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
         import torch.nn.functional as F
 
         pu = prompt_utils()
-        ours = guidance(reward={"type": "brightness", "weight": 0.0}, objective={"type": "ddpo3d", "weight": 0.0})
+        ours = guidance(reward={"type": "brightness", "weight": 0.0}, objective={"type": "ddpo3d"})
         plain = guidance(_type="stable-diffusion-guidance")
         latent_res = ours.resolution // 2 ** (len(ours.vae.config.block_out_channels) - 1)
 
@@ -508,7 +508,7 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
         }
 
         zero = threestudio.find("ddpo3d-deep-floyd-guidance")(
-            {**base, "reward": {"type": "brightness", "weight": 0.0}, "objective": {"type": "ddpo3d", "weight": 0.0}}
+            {**base, "reward": {"type": "brightness", "weight": 0.0}, "objective": {"type": "ddpo3d"}}
         )
         plain = threestudio.find("deep-floyd-guidance")(base)
         res = int(ours.resolution)

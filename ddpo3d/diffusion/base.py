@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ddpo3d.diffusion.schedule import add_noise
 from ddpo3d.utils.typing import Any, Float, Int, Optional, Tensor, Tuple
@@ -90,6 +91,24 @@ class NoisePredictor(nn.Module):
     def decode(self, x0: Float[Tensor, "B C h w"]) -> Float[Tensor, "B H W 3"]:
         """The model's x_0 to images in [0, 1]."""
         raise NotImplementedError
+
+    @property
+    def pixels_per_unit(self) -> int:
+        """Image pixels per x_0 element along a side (8 for Stable Diffusion latents, 1 in pixel space)."""
+        return 1
+
+    def decode_at(self, x0: Float[Tensor, "B C h w"], size: Optional[int] = None) -> Float[Tensor, "B S S 3"]:
+        """Decode to about ``size``² pixels by resizing x_0 first (bilinear, antialiased), so a
+        latent decoder runs at the target size instead of the full one (e.g. 28² latents -> 224²
+        images for a CLIP-sized reward: (28/64)² ≈ 0.19 of the decoder's cost at 512²).
+        ``size=None`` is :meth:`decode`. In pixel space this is exactly resizing the decoded image.
+        """
+        if size is None:
+            return self.decode(x0)
+        side = max(1, int(round(size / self.pixels_per_unit)))
+        if tuple(x0.shape[-2:]) != (side, side):
+            x0 = F.interpolate(x0, (side, side), mode="bilinear", antialias=True, align_corners=False)
+        return self.decode(x0)
 
     def predict_eps_pair(
         self,

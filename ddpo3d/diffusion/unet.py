@@ -90,6 +90,13 @@ class UNetNoisePredictor(NoisePredictor):
     def latent_mode(self) -> bool:
         return self.vae is not None
 
+    @property
+    def pixels_per_unit(self) -> int:
+        """The VAE's downsampling factor (2^(levels-1)) in latent mode, 1 in pixel mode."""
+        if not self.latent_mode:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
     @classmethod
     def from_guidance(cls, guidance: Any, **kwargs: Any) -> "UNetNoisePredictor":
         """Wrap a threestudio ``StableDiffusionGuidance`` / ``DeepFloydGuidance`` without reloading.

@@ -2,12 +2,36 @@
 
 One UNet forward is shared: ε̂_c, ε̂_u are computed once at the SDS branch's x_t (with the graph
 to x_t only when the DDPO3D branch needs ``unet_jacobian``); SDS uses the guided ε̂ detached,
-the policy uses it (at its own CFG scale if configured) for its mean and log-prob.
+the policy uses it (at its own CFG scale if configured) for its mean and log-prob. The policy
+draws its action noise from its own RNG stream (derived from the SDS generator's seed), so SDS's
+t and ε are the same with or without alignment at a given seed.
+
+Strength. The alignment term's gradient is measured where it meets SDS's, per view b:
+
+* ``ddpo3d``: at the diffusion model's input x_0 (latents for Stable Diffusion, the resized pixels
+  for DeepFloyd IF and the toy prior). Both terms reach the render through the same encoder from
+  there, so this is "at the render" as the diffusion model sees it, and costs no extra backward.
+* ``reward-backprop``: at the render itself (its gradient does not pass through x_0); SDS's x_0
+  gradient is pulled back to the render with one vector-Jacobian product through the encoder.
+
+With g_b the alignment gradient and s_b = ∇_{x_0,b} loss_sds = w(t)(ε̂ - ε)_b / B (at the same
+point), ``strength_mode: ratio`` (default) sends ``g_b · grad_ratio · ||s_b|| / ||g_b||``: its norm
+is ``grad_ratio`` times SDS's for every view, whatever the reward's scale, the resolution, the
+latent or pixel space, K or ``logprob_reduction``. The direction of each view's estimate is kept;
+only its length is set (a per-step step-size rule, so the update is no longer an unbiased
+estimate of a fixed objective's gradient, like any normalised-gradient method).
+``strength_mode: lambda`` sends g_b unchanged (the plain loss). Either way the system's
+``lambda_*`` multiplies the result (schedules, switching off); the ratio sent to the render is
+``align_to_sds_grad_ratio · lambda_align / lambda_sds``. Logged every step:
+``align_to_sds_grad_ratio`` (mean over views of the sent ||g_b|| / ||s_b||) and
+``align_raw_to_sds_grad_ratio`` (the same for the unscaled estimate, what ``lambda`` mode sends).
 
 Config (a guidance block): the SDS keys of :class:`ddpo3d.objectives.sds.SDSConfig` plus
 
     objective:
       type: ddpo3d | reward-backprop | none
+      strength_mode: ratio | lambda
+      grad_ratio: 0.3
       ...   # the chosen objective's keys (DDPO3DConfig / RewardBackpropConfig)
 """
 
@@ -26,26 +50,73 @@ from ddpo3d.utils.config import ConfigError, parse_structured, to_primitive
 from ddpo3d.utils.typing import Any, Callable, Dict, Float, Optional, Sequence, Tensor, Tuple
 
 OBJECTIVES = {"ddpo3d": DDPO3D, "reward-backprop": RewardBackprop, "none": None}
+STRENGTH_MODES = ("ratio", "lambda")
+DEFAULT_GRAD_RATIO = 0.3
 
 
 @dataclass
 class RewardGuidedSDSConfig(SDSConfig):
-    """SDS keys plus the ``objective`` block (``type`` + that objective's keys)."""
+    """SDS keys plus the ``objective`` block (``type``, strength keys + that objective's keys)."""
 
     objective: Dict[str, Any] = field(default_factory=lambda: {"type": "none"})
 
 
-def build_objective(block: Any) -> Any:
-    """Build an alignment objective from ``{"type": ..., **options}`` (None for ``none``)."""
+@dataclass
+class Strength:
+    """How the alignment gradient's length is set (see the module docstring)."""
+
+    mode: str = "ratio"  # "ratio": ||align|| = grad_ratio · ||SDS|| per view | "lambda": the plain loss
+    grad_ratio: float = DEFAULT_GRAD_RATIO  # ratio mode: per-view norm of the alignment gradient / SDS's
+
+
+def build_objective(block: Any) -> Tuple[Any, Strength]:
+    """Build an alignment objective from ``{"type": ..., **options}`` (None for ``none``) and its strength."""
     block = dict(to_primitive(block) or {})
     kind = block.pop("type", "none")
     if kind not in OBJECTIVES:
         raise ConfigError(f"Unknown objective type {kind!r}: use one of {sorted(OBJECTIVES)}")
+    strength = Strength(block.pop("strength_mode", "ratio"), float(block.pop("grad_ratio", DEFAULT_GRAD_RATIO)))
+    if strength.mode not in STRENGTH_MODES:
+        raise ConfigError(f"objective.strength_mode must be one of {STRENGTH_MODES}, got {strength.mode!r}")
+    if not strength.grad_ratio >= 0:
+        raise ConfigError(f"objective.grad_ratio must be >= 0, got {strength.grad_ratio}")
     if OBJECTIVES[kind] is None:
         if block:
             raise ConfigError(f"objective type 'none' takes no options, got {sorted(block)}")
-        return None
-    return OBJECTIVES[kind](block)
+        return None, strength
+    return OBJECTIVES[kind](block), strength
+
+
+def _view_norms(g: Tensor) -> Float[Tensor, " B"]:
+    return g.flatten(1).norm(dim=1)
+
+
+def rescale(
+    align_grad: Float[Tensor, "B ..."], sds_grad: Float[Tensor, "B ..."], strength: Strength
+) -> Tuple[Tensor, Dict[str, float]]:
+    """Per view: ``g_b · grad_ratio · ||s_b|| / ||g_b||`` (ratio mode) or ``g_b`` (lambda mode).
+
+    Args:
+        align_grad: g, the alignment gradient (detached).
+        sds_grad: s, SDS's gradient at the same tensor (detached).
+        strength: the mode and ratio.
+
+    Returns:
+        ``(sent gradient, {"align_to_sds_grad_ratio", "align_raw_to_sds_grad_ratio"})``.
+    """
+    n_align, n_sds = _view_norms(align_grad), _view_norms(sds_grad).clamp(min=1e-30)
+    raw = n_align / n_sds
+    if strength.mode == "ratio":
+        scale = torch.where(n_align > 0, strength.grad_ratio * n_sds / n_align.clamp(min=1e-30), 0.0)
+        align_grad = align_grad * scale.view(-1, *([1] * (align_grad.dim() - 1)))
+    sent = _view_norms(align_grad) / n_sds
+    return align_grad, {"align_to_sds_grad_ratio": float(sent.mean()), "align_raw_to_sds_grad_ratio": float(raw.mean())}
+
+
+def inject(x: Tensor, grad: Tensor, value: Tensor) -> Tensor:
+    """A scalar equal to ``value`` whose gradient w.r.t. ``x`` is exactly ``grad`` (the SDS target trick)."""
+    grad = grad.detach()
+    return value.detach() + (x * grad).sum() - (x.detach() * grad).sum()
 
 
 class RewardGuidedSDS:
@@ -63,14 +134,38 @@ class RewardGuidedSDS:
         self.cfg = parse_structured(RewardGuidedSDSConfig, cfg, where="RewardGuidedSDS")
         sds_keys = [f.name for f in dataclasses.fields(SDSConfig)]
         self.sds = SDS({k: to_primitive(self.cfg[k]) for k in sds_keys})
-        self.objective = build_objective(self.cfg.objective)
+        self.objective, self.strength = build_objective(self.cfg.objective)
         self.objective_type = dict(to_primitive(self.cfg.objective)).get("type", "none")
+        self._policy_rng: Optional[Tuple[torch.Generator, torch.Generator]] = None
 
     def update_step(self, epoch: int, global_step: int) -> None:
-        """Evaluate every schedule (SDS t range, grad clip, objective weights) at this step."""
+        """Evaluate every schedule (SDS t range, grad clip) at this step."""
         self.sds.update_step(epoch, global_step)
         if self.objective is not None:
             self.objective.update_step(epoch, global_step)
+
+    def policy_generator(self, generator: Optional[torch.Generator]) -> Optional[torch.Generator]:
+        """The policy's own RNG, seeded from ``generator``'s seed + 1 (None: the global RNG)."""
+        if generator is None:
+            return None
+        if self._policy_rng is None or self._policy_rng[0] is not generator:
+            derived = torch.Generator(device=generator.device).manual_seed(generator.initial_seed() + 1)
+            self._policy_rng = (generator, derived)
+        return self._policy_rng[1]
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Checkpointable state: the objective's (stat tracker) and the policy RNG's."""
+        state: Dict[str, Any] = {"objective": None if self.objective is None else self.objective.state_dict()}
+        if self._policy_rng is not None:
+            state["policy_rng"] = self._policy_rng[1].get_state()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any], generator: Optional[torch.Generator] = None) -> None:
+        """Restore :meth:`state_dict`; ``generator`` is the SDS generator the policy RNG derives from."""
+        if self.objective is not None and state.get("objective") is not None:
+            self.objective.load_state_dict(state["objective"])
+        if "policy_rng" in state and generator is not None:
+            self.policy_generator(generator).set_state(state["policy_rng"])
 
     def __call__(
         self,
@@ -82,6 +177,7 @@ class RewardGuidedSDS:
         reward: Optional[Callable[..., Tensor]] = None,
         x0: Optional[Float[Tensor, "B C h w"]] = None,
         generator: Optional[torch.Generator] = None,
+        t: Optional[Tensor] = None,
         t_range: Optional[Tuple[int, int]] = None,
     ) -> Dict[str, Any]:
         """One step's losses and diagnostics.
@@ -94,10 +190,12 @@ class RewardGuidedSDS:
             reward: ``reward(images, prompts) -> Float[N]`` (with ``differentiable`` for
                 reward-backprop); needed unless the objective is ``none``.
             x0: ``predictor.encode(images)`` if already computed.
-            generator: RNG for t, ε and the policy's noise.
-            t_range: ``(min_step, max_step)`` of the host guidance's own schedule: t is drawn
-                from it (both ends included) instead of from this object's SDS schedule, so a
-                run has one t schedule; reported as ``min_step`` / ``max_step``.
+            generator: RNG for t and ε; the policy's noise comes from a stream derived from it.
+            t: timesteps [B] chosen by the host; sampled here if None.
+            t_range: ``(min_step, max_step)`` of the host guidance's own schedule: when ``t`` is
+                None it is drawn from this range (both ends included) instead of from this
+                object's SDS schedule, so a run has one t schedule; reported as ``min_step`` /
+                ``max_step``.
 
         Returns:
             ``{"loss_sds", "loss_ddpo" | "loss_reward", ...scalar diagnostics}``.
@@ -106,17 +204,16 @@ class RewardGuidedSDS:
             x0 = predictor.encode(images)
         B = x0.shape[0]
         self.sds.num_train_timesteps = predictor.num_train_timesteps
-        if t_range is None:
-            t = self.sds.sample_timesteps(B, x0.device, generator)
-        else:  # the host's schedule (same draw as SDS.sample_timesteps, from the host's range)
+        if t is None and t_range is not None:  # the host's schedule (the draw of SDS.sample_timesteps)
             gen_device = generator.device if generator is not None else x0.device
             t = torch.randint(int(t_range[0]), int(t_range[1]) + 1, (B,), generator=generator, device=gen_device)
-            t = t.to(x0.device)
+        if t is None:
+            t = self.sds.sample_timesteps(B, x0.device, generator)
+        t = torch.as_tensor(t, device=x0.device).long().expand(B)
         noise = sample_noise(x0, generator)
 
-        policy = self.objective if isinstance(self.objective, DDPO3D) and self.objective.active else None
-        need_reward = self.objective is not None and self.objective.active
-        if need_reward and reward is None:
+        policy = self.objective if isinstance(self.objective, DDPO3D) else None
+        if self.objective is not None and reward is None:
             raise ValueError(f"objective {self.objective_type!r} needs a reward, got None")
 
         # The shared forward: x_t keeps its graph to x0 only when the policy needs it.
@@ -136,36 +233,51 @@ class RewardGuidedSDS:
         }
         if t_range is not None:
             out["min_step"], out["max_step"] = int(t_range[0]), int(t_range[1])
+        measure = torch.is_grad_enabled() and x0.requires_grad
+        sds_x0_grad = sds_out.grad.detach() / B  # ∇_{x0} loss_sds (the target trick)
 
-        if isinstance(self.objective, DDPO3D):
-            if policy is None:
-                out["loss_ddpo"] = torch.zeros((), device=x0.device)
-            else:
-                scale = policy.cfg.guidance_scale
-                scale = self.sds.cfg.guidance_scale if scale is None else scale
-                eps_policy = cfg_combine(eps_c, eps_u, scale)
-                res = policy(
-                    x0,
-                    predictor,
-                    cond,
-                    uncond,
-                    prompts,
-                    reward,
-                    t=t,
-                    noise=noise,
-                    x_t=x_t,
-                    eps_pred=eps_policy,
-                    guidance_scale=scale,
-                    generator=generator,
-                    images=images,
-                )
-                out["loss_ddpo"] = res.loss_ddpo
-                out.update(res.diagnostics)
+        if policy is not None:
+            scale = policy.cfg.guidance_scale
+            scale = self.sds.cfg.guidance_scale if scale is None else scale
+            eps_policy = cfg_combine(eps_c, eps_u, scale)
+            res = policy(
+                x0,
+                predictor,
+                cond,
+                uncond,
+                prompts,
+                reward,
+                t=t,
+                noise=noise,
+                x_t=x_t,
+                eps_pred=eps_policy,
+                guidance_scale=scale,
+                generator=self.policy_generator(generator),
+                images=images,
+            )
+            loss = res.loss_ddpo
+            if measure:
+                (g,) = torch.autograd.grad(loss, x0, allow_unused=True)
+                g = torch.zeros_like(x0) if g is None else g
+                g, ratios = rescale(g, sds_x0_grad, self.strength)
+                loss = inject(x0, g, loss)
+                out.update(ratios)
+            out["loss_ddpo"] = loss
+            out.update(res.diagnostics)
         elif isinstance(self.objective, RewardBackprop):
-            if self.objective.active:
-                loss, stats = self.objective(images, prompts, reward)
-                out["loss_reward"] = loss
-                out.update(stats)
-            else:
-                out["loss_reward"] = torch.zeros((), device=x0.device)
+            loss, stats = self.objective(images, prompts, reward)
+            if torch.is_grad_enabled() and images.requires_grad and loss.requires_grad:
+                (g,) = torch.autograd.grad(loss, images)
+                # SDS's gradient at the render: one VJP of the encoder (x0 = encode(images))
+                s = None
+                if x0.requires_grad:
+                    (s,) = torch.autograd.grad(x0, images, sds_x0_grad, retain_graph=True, allow_unused=True)
+                if s is not None:
+                    g, ratios = rescale(g, s, self.strength)
+                    out.update(ratios)
+                loss = inject(images, g, loss)
+            out["loss_reward"] = loss
+            out.update(stats)
+        else:
+            out["align_to_sds_grad_ratio"] = 0.0
         return out

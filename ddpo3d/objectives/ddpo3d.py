@@ -18,8 +18,9 @@ SDS branch's t, ε and x_t = sqrt(ᾱ_t) x_0 + sqrt(1-ᾱ_t) ε:
   ``render``: the render itself (the paper's literal reading). R then does not depend on the
       action, so E[R ∇ log π] = R E[∇ log π] = 0: the expected gradient is zero. Kept for
       reproduction; a warning is issued.
-* loss (REINFORCE, Williams 1992; DDPO eq. 5):  L = -mean_i A_i log π(a_i | x_t) , or DDPO's
-  PPO-clipped form. Gradients reach x_0 (hence the renderer) only through x_t in μ.
+* loss (REINFORCE, Williams 1992; DDPO eq. 5):  L = -mean_i A_i log π(a_i | x_t). Gradients
+  reach x_0 (hence the renderer) only through x_t in μ. (DDPO's PPO clipping cannot act here:
+  each action is scored by the policy that drew it, so the importance ratio is always 1.)
 
 Which gradient does this estimate? Write G(x_t) = E_{a~π(.|x_t)}[R(a)] with R's own
 dependence on ε̂ frozen (R is a detached number). Then by the score-function identity
@@ -52,23 +53,20 @@ from ddpo3d.diffusion.ddim import ddim_step_with_logprob
 from ddpo3d.diffusion.schedule import gather_alphas
 from ddpo3d.objectives.stat_tracker import PerPromptStatTracker
 from ddpo3d.utils.config import parse_structured
-from ddpo3d.utils.schedule import C
-from ddpo3d.utils.typing import Any, Callable, Dict, Float, Int, List, Optional, Sequence, Tensor, Tuple
+from ddpo3d.utils.typing import Any, Callable, Dict, Float, Int, Optional, Sequence, Tensor
 
 TARGETS = ("x0_pred", "rollout", "render")
 X0_FROM = ("action_affine", "action_unet")
-ADVANTAGES = ("per_prompt", "batch", "none")
+ADVANTAGES = ("group", "per_prompt", "batch", "none")
 
 
 @dataclass
 class DDPO3DConfig:
-    """Options of the DDPO3D policy-gradient objective."""
+    """Options of the DDPO3D policy-gradient objective (its strength is the system's ``lambda_ddpo``)."""
 
-    weight: Any = 1.0  # multiplies loss_ddpo (schedulable); 0 skips the branch (no reward calls)
-    start_step: int = 0  # global step from which the branch runs
     target: str = "x0_pred"  # reward target: "x0_pred" | "rollout" | "render" (zero-mean, for reproduction)
     x0_from: str = "action_affine"  # x0_pred: "action_affine" (reuse ε̂) | "action_unet" (ε̂ at the action)
-    num_samples: int = 1  # K actions (step-noise draws) per view
+    num_samples: int = 4  # K actions (step-noise draws) per view
     num_steps: int = 1  # denoising steps in the policy rollout before the reward target
     eta: float = 1.0  # DDIM η > 0 (1 = DDPM posterior variance)
     step_size: int = 20  # Δt of a policy step in training timesteps (T // 50: DDPO's 50 DDIM steps)
@@ -76,11 +74,20 @@ class DDPO3DConfig:
     unet_jacobian: bool = False  # keep ∂ε̂/∂x_t in the policy mean (one UNet backward)
     guidance_scale: Optional[float] = None  # CFG scale of the policy's ε̂; None = the SDS scale
     logprob_reduction: str = "mean"  # "mean" over pixel dims (DDPO) | "sum" (true log-density)
-    advantage: str = "per_prompt"  # "per_prompt" (stat tracker) | "batch" (batch z-score) | "none" (raw reward)
+    # "group" (leave-one-out mean of the view's other draws; unbiased, K >= 2) | "per_prompt" (stat
+    # tracker, for K = 1) | "batch" (batch z-score) | "none" (raw reward)
+    advantage: str = "group"
+    antithetic: bool = False  # draws in mirrored pairs z, -z per view (K even); unbiased
+    normalize_std: bool = False  # group: divide by the group's reward std (GRPO-style; biased)
     buffer_size: int = 32  # per-prompt stat tracker: rewards kept per prompt
     min_count: int = 16  # per-prompt stat tracker: batch stats until a prompt has this many
     adv_clip_max: Optional[float] = 5.0  # advantages clipped to [-max, max]; None = no clipping
-    ppo_clip_range: Optional[float] = None  # PPO ratio clip ε; None = plain REINFORCE
+    # decode reward targets at about this many pixels a side (the reward model's input, e.g. 224 for
+    # CLIP): latents are resized to size/8 before the VAE decoder; null = full-size decode
+    reward_resolution: Optional[int] = None
+    # decode reward targets with a tiny autoencoder instead of the predictor's VAE: a local
+    # AutoencoderTiny folder or a cached hub repo ("madebyollin/taesd" for SD 1.x/2.x latents); null = the VAE
+    reward_decoder: Optional[str] = None
 
 
 @dataclass
@@ -88,7 +95,7 @@ class DDPO3DOutput:
     """Result of one DDPO3D evaluation (``B·K`` items, view-major: item i is view i // K).
 
     Attributes:
-        loss_ddpo: scalar, ``weight ·`` (policy-gradient loss).
+        loss_ddpo: scalar policy-gradient loss.
         log_prob: log π(a | x_t) [BK] (with graph to x_0).
         rewards: [BK] (detached).
         advantages: [BK] (detached).
@@ -108,53 +115,38 @@ class DDPO3DOutput:
     diagnostics: Dict[str, float]
 
 
-def policy_gradient_loss(
-    advantages: Float[Tensor, " N"],
-    log_prob: Float[Tensor, " N"],
-    old_log_prob: Optional[Float[Tensor, " N"]] = None,
-    clip_range: Optional[float] = None,
-) -> Tuple[Tensor, Dict[str, float]]:
-    """REINFORCE or PPO-clipped policy loss (DDPO ``train`` loop; Schulman et al. 2017 eq. 7).
-
-    Without ``clip_range``: ``-mean(A · log π)``. With it: ``mean(max(-A r, -A clip(r, 1-ε, 1+ε)))``,
-    ``r = exp(log π - log π_old)``. When the action was sampled from the current policy (our
-    per-step setting) ``r = 1`` and both have the same gradient ``-A ∇ log π``.
+def policy_gradient_loss(advantages: Float[Tensor, " N"], log_prob: Float[Tensor, " N"]) -> Tensor:
+    """REINFORCE (Williams 1992; DDPO eq. 5): ``L = -mean_i A_i log π(a_i | x_t)``, A detached.
 
     Args:
-        advantages: A (detached).
+        advantages: A (detached here).
         log_prob: log π with graph.
-        old_log_prob: log π at sampling time; default ``log_prob.detach()``.
-        clip_range: ε, or None.
 
     Returns:
-        ``(loss, {"approx_kl", "clipfrac", "ratio_mean"})``; ``approx_kl = mean((log r)²)/2``
-        as DDPO logs it.
+        The scalar loss.
     """
-    advantages = advantages.detach()
-    if old_log_prob is None:
-        old_log_prob = log_prob.detach()
-    log_ratio = log_prob - old_log_prob.detach()
-    ratio = torch.exp(log_ratio)
-    with torch.no_grad():
-        approx_kl = float(0.5 * (log_ratio.detach() ** 2).mean())
-        clipfrac = float(((ratio - 1.0).abs() > clip_range).float().mean()) if clip_range is not None else 0.0
-        ratio_mean = float(ratio.mean())
-    if clip_range is None:
-        loss = -(advantages * log_prob).mean()
-    else:
-        unclipped = -advantages * ratio
-        clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-        loss = torch.maximum(unclipped, clipped).mean()
-    return loss, {"approx_kl": approx_kl, "clipfrac": clipfrac, "ratio_mean": ratio_mean}
+    return -(advantages.detach() * log_prob).mean()
 
 
-def _repeat(x: Any, k: int, batch: int) -> Any:
-    """Repeat a per-view tensor K times along dim 0 (view-major); pass through broadcastable ones."""
-    if x is None or k == 1 or not torch.is_tensor(x):
+def repeat_k(x: Any, k: int, batch: int) -> Any:
+    """Repeat a per-view tensor K times along dim 0 (view-major: item i is view i // K).
+
+    Non-tensors, ``None`` and tensors whose first dim is not ``batch`` (broadcastable ones) pass through.
+    """
+    if k == 1 or not torch.is_tensor(x) or x.dim() == 0 or x.shape[0] != batch:
         return x
-    if x.shape[0] == batch:
-        return x.repeat_interleave(k, dim=0)
-    return x
+    return x.repeat_interleave(k, dim=0)
+
+
+@dataclass
+class PolicySample:
+    """The sampled chain of one evaluation (``B·K`` items)."""
+
+    log_prob: Tensor  # log π(a | x_t) of the first step, with graph to x_t
+    action: Tensor  # the chain's last sample (detached)
+    t_action: Tensor  # its timestep
+    eps_action: Tensor  # the ε̂ that produced it (detached)
+    std: Tensor  # σ_t of the first step
 
 
 class DDPO3D:
@@ -184,6 +176,13 @@ class DDPO3D:
         for key in ("num_samples", "num_steps", "step_size", "rollout_steps"):
             if int(c[key]) < 1:
                 raise ValueError(f"DDPO3D objective: {key} must be >= 1, got {c[key]}")
+        if c.antithetic and int(c.num_samples) % 2:
+            raise ValueError(f"DDPO3D objective: antithetic draws need an even num_samples, got {c.num_samples}")
+        if c.advantage == "group" and int(c.num_samples) < 2:
+            raise ValueError(
+                "DDPO3D objective: advantage 'group' needs num_samples >= 2 (a baseline from the view's "
+                "other draws); use 'per_prompt' for K = 1"
+            )
         if c.target == "render":
             warnings.warn(
                 "DDPO3D target 'render' scores the render itself: the reward does not depend on the "
@@ -192,32 +191,101 @@ class DDPO3D:
                 stacklevel=2,
             )
         self.tracker = PerPromptStatTracker(c.buffer_size, c.min_count)
-        self.weight = C(c.weight, 0, 0)
-        self.global_step = 0
+        self._tiny_decoder = None
 
     def update_step(self, epoch: int, global_step: int) -> None:
-        """Evaluate the weight schedule at this step."""
-        self.weight = C(self.cfg.weight, epoch, global_step)
-        self.global_step = int(global_step)
+        """Nothing is scheduled inside the objective (its strength is ``lambda_ddpo``)."""
 
-    @property
-    def active(self) -> bool:
-        """Whether the branch runs at the current step (weight != 0 and past ``start_step``)."""
-        return self.weight != 0.0 and self.global_step >= self.cfg.start_step
+    def state_dict(self) -> Dict[str, Any]:
+        """Checkpointable state: the per-prompt stat tracker's buffers."""
+        return {"tracker": self.tracker.state_dict()}
 
-    # ------------------------------------------------------------------ pieces
-    def advantages(self, rewards: Float[Tensor, " N"], prompts: Sequence[str]) -> Float[Tensor, " N"]:
-        """Rewards -> advantages (``advantage`` mode), then clipping."""
-        mode = self.cfg.advantage
-        if mode == "per_prompt":
-            adv = self.tracker.update(list(prompts), rewards)
-        elif mode == "batch":
-            adv = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)
-        else:
-            adv = rewards.clone()
-        if self.cfg.adv_clip_max is not None:
-            adv = adv.clamp(-self.cfg.adv_clip_max, self.cfg.adv_clip_max)
-        return adv.detach()
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.tracker.load_state_dict(state["tracker"])
+
+    # ------------------------------------------------------------------ 1. sampling
+    def sample(
+        self,
+        predictor: NoisePredictor,
+        x_t: Float[Tensor, "N C h w"],
+        eps: Float[Tensor, "N C h w"],
+        t: Int[Tensor, " N"],
+        cond: Any,
+        uncond: Any,
+        scale: float,
+        generator: Optional[torch.Generator],
+    ) -> PolicySample:
+        """Draw a ~ π(.|x_t) = N(μ(x_t, ε̂), σ_t² I), then ``num_steps - 1`` more sampled steps (no grad).
+
+        μ = sqrt(ᾱ_p) x̂_0 + sqrt(1-ᾱ_p-σ_t²) ε̂ (DDIM eq. 12), log π with graph to x_t.
+        """
+        c = self.cfg
+        t_prev = (t - int(c.step_size)).clamp(min=0)
+        noise = self.step_noise(eps, generator)
+        step = ddim_step_with_logprob(
+            predictor,
+            eps,
+            t,
+            x_t,
+            float(c.eta),
+            prev_timestep=t_prev,
+            logprob_reduction=c.logprob_reduction,
+            variance_noise=noise.to(eps.device),
+        )
+        with torch.no_grad():
+            action, t_a, eps_a = step.prev_sample, t_prev, eps.detach()
+            for _ in range(int(c.num_steps) - 1):
+                if bool((t_a == 0).any()):
+                    break  # cannot step past t = 0
+                nxt = (t_a - int(c.step_size)).clamp(min=0)
+                eps_a = predictor.predict_eps(action, t_a, cond, uncond, scale)
+                action = ddim_step_with_logprob(
+                    predictor, eps_a, t_a, action, float(c.eta), prev_timestep=nxt, generator=generator
+                ).prev_sample
+                t_a = nxt
+        return PolicySample(step.log_prob, action, t_a, eps_a, step.std_dev_t)
+
+    def step_noise(self, like: Float[Tensor, "N C h w"], generator: Optional[torch.Generator]) -> Tensor:
+        """z ~ N(0, I) for the first step; with ``antithetic`` the K draws of a view are (z_1, -z_1, z_2, -z_2, ...).
+
+        Mirrored draws keep each draw's marginal N(0, I), so every term of the estimate keeps its
+        mean; a pair's two terms give (R(μ+σz) - R(μ-σz)) z / (2σ) (a central difference: the
+        even part of R, the bulk of its variance, cancels). Owen 2013, "Monte Carlo theory", ch. 8.
+        """
+        device = generator.device if generator is not None else like.device
+        if not self.cfg.antithetic:
+            return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+        half = torch.randn((like.shape[0] // 2, *like.shape[1:]), generator=generator, device=device, dtype=like.dtype)
+        return torch.stack([half, -half], 1).reshape(like.shape).to(like.device)
+
+    # ------------------------------------------------------------------ 2. reward targets
+    @torch.no_grad()
+    def reward_target(
+        self,
+        predictor: NoisePredictor,
+        x0: Float[Tensor, "N C h w"],
+        sample: PolicySample,
+        cond: Any,
+        uncond: Any,
+        scale: float,
+    ) -> Float[Tensor, "N C h w"]:
+        """The model-space x_0 the reward scores (``target``).
+
+        ``x0_pred``: x̂_0(a) = (a - sqrt(1-ᾱ_a) ε̂) / sqrt(ᾱ_a) (DDIM eq. 12); ``rollout``: η = 0
+        DDIM from a to x_0; ``render``: the (repeated) render x_0 itself.
+        """
+        c = self.cfg
+        if c.target == "render":
+            return x0.detach()
+        a, t_a = sample.action, sample.t_action
+        if c.target == "rollout":
+            return self._rollout(a, t_a, predictor, cond, uncond, scale)
+        eps = sample.eps_action
+        if c.x0_from == "action_unet":
+            eps = predictor.predict_eps(a, t_a, cond, uncond, scale)
+        ab_a = gather_alphas(predictor.alphas_cumprod, t_a, ndim=a.dim())
+        return (a - (1.0 - ab_a).sqrt() * eps) / ab_a.sqrt()
 
     @torch.no_grad()
     def _rollout(
@@ -246,6 +314,46 @@ class DDPO3D:
             ab_next = gather_alphas(alphas, tau_next, ndim=x.dim())
             x = ab_next.sqrt() * x0_hat + (1.0 - ab_next).sqrt() * eps
         raise AssertionError("unreachable")
+
+    def decode(self, predictor: NoisePredictor, target_x0: Float[Tensor, "N C h w"]) -> Float[Tensor, "N H W 3"]:
+        """Reward images: ``predictor.decode_at(x0, reward_resolution)``, or the tiny decoder's."""
+        c = self.cfg
+        if c.reward_decoder is None:
+            return predictor.decode_at(target_x0, c.reward_resolution)
+        if self._tiny_decoder is None:
+            from ddpo3d.diffusion.tiny_decoder import TinyLatentDecoder
+
+            self._tiny_decoder = TinyLatentDecoder(c.reward_decoder, target_x0.device)
+        x = target_x0
+        if c.reward_resolution is not None:
+            side = max(1, int(round(c.reward_resolution / predictor.pixels_per_unit)))
+            x = torch.nn.functional.interpolate(x, (side, side), mode="bilinear", antialias=True, align_corners=False)
+        return self._tiny_decoder.decode(x)
+
+    # ------------------------------------------------------------------ 3. advantages
+    def advantages(self, rewards: Float[Tensor, " N"], prompts: Sequence[str]) -> Float[Tensor, " N"]:
+        """Rewards -> advantages (``advantage`` mode), then clipping to ``adv_clip_max``.
+
+        ``group``: A_i = R_i - b_i with b_i the mean reward of the view's other draws (leave-one-out;
+        with ``antithetic``, of the other pairs). b_i does not depend on a_i given x_t, so
+        E[b_i ∇ log π(a_i)] = 0 and the estimate stays unbiased (Kool et al. 2019, "Buy 4 REINFORCE
+        samples, get a baseline for free"); ``normalize_std`` divides by the group's std (GRPO,
+        Shao et al. 2024, arXiv 2402.03300: biased, scale-free). ``per_prompt``: A = (R - mean_p) /
+        std_p over the prompt's buffer (DDPO sec. 5); ``batch``: A = (R - mean) / std over the
+        batch; ``none``: A = R.
+        """
+        mode = self.cfg.advantage
+        if mode == "group":
+            adv = group_advantages(rewards, int(self.cfg.num_samples), self.cfg.antithetic, self.cfg.normalize_std)
+        elif mode == "per_prompt":
+            adv = self.tracker.update(list(prompts), rewards)
+        elif mode == "batch":
+            adv = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)
+        else:
+            adv = rewards.clone()
+        if self.cfg.adv_clip_max is not None:
+            adv = adv.clamp(-self.cfg.adv_clip_max, self.cfg.adv_clip_max)
+        return adv.detach()
 
     # ------------------------------------------------------------------ the estimator
     def __call__(
@@ -291,6 +399,9 @@ class DDPO3D:
         t = t.to(x0.device).long()
         if (t < 1).any():
             raise ValueError(f"DDPO3D needs timesteps t >= 1 (got min {int(t.min())}); raise min_step_percent")
+        prompts = [""] * B if prompts is None else list(prompts)
+        if len(prompts) != B:
+            raise ValueError(f"DDPO3D got {len(prompts)} prompts for a batch of {B} views")
         if x_t is None:
             x_t = predictor.add_noise(x0, noise, t)
         if eps_pred is None:
@@ -299,78 +410,65 @@ class DDPO3D:
         if not c.unet_jacobian:
             eps_pred = eps_pred.detach()  # SDS's approximation: ε̂ is a constant in μ
 
-        prompts = [""] * B if prompts is None else list(prompts)
-        if len(prompts) != B:
-            raise ValueError(f"DDPO3D got {len(prompts)} prompts for a batch of {B} views")
-        prompts_k: List[str] = [p for p in prompts for _ in range(K)]
-        cond_k, uncond_k = _repeat(cond, K, B), _repeat(uncond, K, B)
-        x_t_k = x_t.repeat_interleave(K, 0) if K > 1 else x_t
-        eps_k = eps_pred.repeat_interleave(K, 0) if K > 1 else eps_pred
-        t_k = t.repeat_interleave(K, 0) if K > 1 else t
-        t_prev = (t_k - int(c.step_size)).clamp(min=0)
-
-        # The policy step: π(a | x_t) = N(μ(x_t, ε̂), σ_t² I), log-prob with graph to x_t.
-        step = ddim_step_with_logprob(
-            predictor,
-            eps_k,
-            t_k,
-            x_t_k,
-            float(c.eta),
-            prev_timestep=t_prev,
-            generator=generator,
-            logprob_reduction=c.logprob_reduction,
-        )
-        log_prob = step.log_prob
+        rep = lambda v: repeat_k(v, K, B)  # noqa: E731  (the one repeat-K idiom)
+        cond_k, uncond_k, prompts_k = rep(cond), rep(uncond), [p for p in prompts for _ in range(K)]
+        sample = self.sample(predictor, rep(x_t), rep(eps_pred), rep(t), cond_k, uncond_k, scale, generator)
+        target_x0 = self.reward_target(predictor, rep(x0.detach()), sample, cond_k, uncond_k, scale)
         with torch.no_grad():
-            action, t_a, eps_last = step.prev_sample, t_prev, eps_k.detach()
-            for _ in range(int(c.num_steps) - 1):
-                if bool((t_a == 0).any()):
-                    break  # cannot step past t = 0
-                nxt = (t_a - int(c.step_size)).clamp(min=0)
-                eps_last = predictor.predict_eps(action, t_a, cond_k, uncond_k, scale)
-                action = ddim_step_with_logprob(
-                    predictor, eps_last, t_a, action, float(c.eta), prev_timestep=nxt, generator=generator
-                ).prev_sample
-                t_a = nxt
-
-            if c.target == "render":
-                target_x0 = x0.detach().repeat_interleave(K, 0) if K > 1 else x0.detach()
-            elif c.target == "x0_pred":
-                if c.x0_from == "action_unet":
-                    eps_last = predictor.predict_eps(action, t_a, cond_k, uncond_k, scale)
-                ab_a = gather_alphas(predictor.alphas_cumprod, t_a, ndim=action.dim())
-                # x̂_0(a) = (a - sqrt(1-ᾱ_a) ε̂) / sqrt(ᾱ_a)   (DDIM eq. 12, "predicted x_0")
-                target_x0 = (action - (1.0 - ab_a).sqrt() * eps_last) / ab_a.sqrt()
-            else:
-                target_x0 = self._rollout(action, t_a, predictor, cond_k, uncond_k, scale)
             if c.target == "render" and images is not None:
-                images = images.detach().repeat_interleave(K, 0) if K > 1 else images.detach()
+                images = rep(images.detach())
             else:
-                images = predictor.decode(target_x0)
+                images = self.decode(predictor, target_x0)
             rewards = torch.as_tensor(reward(images, prompts_k)).to(device=x0.device, dtype=torch.float32)
             rewards = rewards.detach().reshape(-1)
             if rewards.shape[0] != B * K:
                 raise ValueError(f"reward returned {rewards.shape[0]} scores for {B * K} images")
             advantages = self.advantages(rewards, prompts_k)
 
-        loss, ppo_stats = policy_gradient_loss(advantages, log_prob, None, c.ppo_clip_range)
+        loss = policy_gradient_loss(advantages, sample.log_prob)
         diagnostics = {
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std(unbiased=False)),
             "advantage_mean": float(advantages.mean()),
             "advantage_std": float(advantages.std(unbiased=False)),
-            "logprob": float(log_prob.detach().mean()),
-            "policy_std": float(step.std_dev_t.mean()),
-            "ddpo_weight": float(self.weight),
-            **ppo_stats,
+            "logprob": float(sample.log_prob.detach().mean()),
+            "policy_std": float(sample.std.mean()),
         }
         return DDPO3DOutput(
-            loss_ddpo=self.weight * loss,
-            log_prob=log_prob,
+            loss_ddpo=loss,
+            log_prob=sample.log_prob,
             rewards=rewards,
             advantages=advantages,
-            actions=action,
+            actions=sample.action,
             target_x0=target_x0,
             images=images,
             diagnostics=diagnostics,
         )
+
+
+def group_advantages(
+    rewards: Float[Tensor, " N"], k: int, antithetic: bool = False, normalize_std: bool = False
+) -> Float[Tensor, " N"]:
+    """Leave-one-out advantages within each view's K draws (view-major rewards, N = B·K).
+
+    A_i = R_i - (Σ_{j∈G} R_j - Σ_{j∈P(i)} R_j) / (K - |P(i)|), with P(i) = {i} or, for antithetic
+    draws, i and its mirror (no baseline when nothing is left: K = 2 antithetic, whose pair needs
+    none). With ``normalize_std``: divided by the group's std (+1e-6).
+
+    Args:
+        rewards: R [B·K].
+        k: K.
+        antithetic: draws come in mirrored pairs (2m, 2m+1).
+        normalize_std: GRPO-style scaling (biased).
+
+    Returns:
+        A [B·K].
+    """
+    r = rewards.reshape(-1, k)
+    own = r.reshape(-1, k // 2, 2).sum(-1, keepdim=True).expand(-1, -1, 2).reshape(r.shape) if antithetic else r
+    left = k - (2 if antithetic else 1)
+    baseline = (r.sum(1, keepdim=True) - own) / left if left > 0 else torch.zeros_like(r)
+    adv = r - baseline
+    if normalize_std:
+        adv = adv / (r.std(1, unbiased=False, keepdim=True) + 1e-6)
+    return adv.reshape(-1)

@@ -1,4 +1,4 @@
-"""Reward backpropagation: ``loss_reward = -weight · mean(R(render))`` for differentiable rewards.
+"""Reward backpropagation: ``loss_reward = -mean(R(render))`` for differentiable rewards.
 
 The DDPO3D paper's "aesthetic guidance" baseline (Sharma et al. 2023, arXiv 2312.04806): the
 reward's gradient flows straight into the render, like DRaFT's last step (Clark et al. 2023,
@@ -13,20 +13,16 @@ from dataclasses import dataclass
 import torch
 
 from ddpo3d.utils.config import parse_structured
-from ddpo3d.utils.schedule import C
 from ddpo3d.utils.typing import Any, Callable, Dict, Float, Optional, Sequence, Tensor, Tuple
 
 
 @dataclass
 class RewardBackpropConfig:
-    """Options of the reward-backprop objective."""
-
-    weight: Any = 1.0  # multiplies loss_reward (schedulable); 0 skips the reward call
-    start_step: int = 0  # global step from which the branch runs
+    """Options of the reward-backprop objective (its strength is the system's ``lambda_reward``)."""
 
 
 class RewardBackprop:
-    """``-weight · mean_b R(images_b)`` with gradients into the images.
+    """``-mean_b R(images_b)`` with gradients into the images.
 
     Args:
         cfg: dict / DictConfig of :class:`RewardBackpropConfig` keys.
@@ -38,17 +34,16 @@ class RewardBackprop:
         if isinstance(cfg, RewardBackpropConfig):
             cfg = dataclasses.asdict(cfg)
         self.cfg = parse_structured(RewardBackpropConfig, cfg, where="reward-backprop objective")
-        self.weight = C(self.cfg.weight, 0, 0)
-        self.global_step = 0
 
     def update_step(self, epoch: int, global_step: int) -> None:
-        """Evaluate the weight schedule at this step."""
-        self.weight = C(self.cfg.weight, epoch, global_step)
-        self.global_step = int(global_step)
+        """Nothing is scheduled inside the objective (its strength is ``lambda_reward``)."""
 
-    @property
-    def active(self) -> bool:
-        return self.weight != 0.0 and self.global_step >= self.cfg.start_step
+    def state_dict(self) -> Dict[str, Any]:
+        """No state."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Nothing to restore."""
 
     def __call__(
         self,
@@ -77,7 +72,7 @@ class RewardBackprop:
             )
         prompts = [""] * images.shape[0] if prompts is None else list(prompts)
         scores = reward(images, prompts).reshape(-1)
-        loss = -self.weight * scores.mean()
+        loss = -scores.mean()
         with torch.no_grad():
             stats = {
                 "reward_mean": float(scores.mean()),

@@ -12,7 +12,7 @@ from collections import deque
 
 import torch
 
-from ddpo3d.utils.typing import Dict, Float, Sequence, Tensor
+from ddpo3d.utils.typing import Any, Dict, Float, Sequence, Tensor
 
 
 class PerPromptStatTracker:
@@ -79,6 +79,23 @@ class PerPromptStatTracker:
                 "count": len(buf),
             }
         return out
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The buffers and settings, as plain Python values (for checkpoints)."""
+        return {
+            "buffer_size": self.buffer_size,
+            "min_count": self.min_count,
+            "buffers": {p: list(buf) for p, buf in self.buffers.items()},
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (buffers are cut to this tracker's ``buffer_size``)."""
+        for key in ("buffers",):
+            if key not in state:
+                raise KeyError(f"PerPromptStatTracker state has no {key!r} (keys: {sorted(state)})")
+        self.buffers = {
+            p: deque((float(v) for v in values), maxlen=self.buffer_size) for p, values in state["buffers"].items()
+        }
 
     def clear(self) -> None:
         """Forget all buffers."""

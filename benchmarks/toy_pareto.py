@@ -1,0 +1,341 @@
+"""Toy-world Pareto benchmark: reward gain over SDS-only against fidelity, per objective and strength.
+
+Every objective in ``ddpo3d.objectives.combined.OBJECTIVES`` is swept (``none`` is the SDS-only
+baseline; an objective added to the registry later appears automatically, its loss weight
+assumed to be ``lambda_<type with - as _>`` unless listed in ``LAMBDAS``), plus the DDPO3D
+``render`` target as the zero-mean control. Strength is the scale-free ``grad_ratio`` (the
+per-view norm of the alignment gradient relative to SDS's at the same point; see
+``ddpo3d/objectives/combined.py``), swept over ``--strengths``; 3 seeds, the two toy prompts,
+rewards brightness (differentiable) and JPEG compressibility (not: reward backprop is skipped).
+Each run trains the toy NeRF of ``configs/toy/ddpo-brightness.yaml`` (reduced with ``--quick``)
+and records the final test-view reward and fidelity PSNR against the true object.
+
+Writes ``<out>/pareto.md`` (the tables, also printed), ``<out>/pareto-<reward>.png`` (reward
+gain over SDS-only, paired by seed and prompt, against fidelity; error bars are standard errors
+over the seed x prompt runs) and ``<out>/runs.jsonl`` (one line per run; reused when present, so
+an interrupted sweep resumes). The last two printed lines are exactly
+
+    pareto brightness: pg gain / backprop gain at fidelity >= 0.9 x sds: X
+    pareto jpeg: pg gain over render control: Z standard errors
+
+X: the best mean gain of the policy gradient (``ddpo3d`` with its defaults) among strengths whose
+mean fidelity is >= 0.9 x SDS-only's, over the same for reward backprop. Z: at the policy
+gradient's best such strength on JPEG, the mean paired difference (pg gain - render-control gain)
+over its standard error.
+
+Usage::
+
+    python benchmarks/toy_pareto.py --quick            # < 15 min on 2 cores
+    python benchmarks/toy_pareto.py --workers 2        # the full sweep (300 steps per run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BASE = ROOT / "configs" / "toy" / "ddpo-brightness.yaml"
+PROMPTS = ("a red sphere", "a blue cube")
+REWARDS = {"brightness": "brightness", "jpeg": "jpeg-compressibility"}
+LAMBDAS = {"ddpo3d": "lambda_ddpo", "reward-backprop": "lambda_reward"}
+PG = "ddpo3d"
+CONTROL = "ddpo3d-render-control"
+QUICK = [
+    "trainer.max_steps=150",
+    "data.width=24",
+    "data.height=24",
+    "data.eval_width=32",
+    "data.eval_height=32",
+    "data.n_test_views=6",
+    "data.n_val_views=1",
+    "trainer.val_check_interval=1000",
+    "trainer.num_sanity_val_steps=0",
+    "system.renderer.num_samples_per_ray=32",
+]
+FULL = ["data.n_test_views=12", "data.n_val_views=1", "trainer.val_check_interval=1000"]
+
+
+def objective_variants() -> dict:
+    """``{label: objective block}`` from the registry, plus the zero-mean control."""
+    from ddpo3d.objectives.combined import OBJECTIVES
+
+    out = {}
+    for kind in OBJECTIVES:
+        out["sds" if kind == "none" else kind] = {"type": kind}
+        if kind == "ddpo3d":
+            out[CONTROL] = {"type": kind, "target": "render"}
+    return out
+
+
+def jobs(args) -> list:
+    from ddpo3d.rewards import build_reward
+
+    out = []
+    for reward_name, reward_type in REWARDS.items():
+        differentiable = bool(getattr(build_reward({"type": reward_type}), "differentiable", False))
+        for label, block in objective_variants().items():
+            if block["type"] == "reward-backprop" and not differentiable:
+                continue
+            strengths = [None] if block["type"] == "none" else args.strengths
+            for s in strengths:
+                for seed in range(args.seeds):
+                    for prompt in PROMPTS:
+                        out.append(
+                            dict(reward=reward_name, label=label, block=block, strength=s, seed=seed, prompt=prompt)
+                        )
+    return out
+
+
+def job_key(job: dict) -> str:
+    return f"{job['reward']}|{job['label']}|{job['strength']}|{job['seed']}|{job['prompt']}"
+
+
+def run_job(job: dict, quick: bool, extra: tuple = ()) -> dict:
+    """Train one toy run in this process and return its final test reward and PSNR."""
+    import csv
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from launch import main as launch_main
+
+    cfg = OmegaConf.load(BASE)
+    guidance = cfg.system.guidance
+    guidance.reward = {"type": REWARDS[job["reward"]]}
+    block = dict(job["block"])
+    if block["type"] != "none":
+        block["grad_ratio"] = float(job["strength"])
+        if block["type"] == "ddpo3d":  # keep the shipped toy block's own DDPO3D keys
+            base = OmegaConf.to_container(cfg.system.guidance.objective)
+            block = {**{k: v for k, v in base.items() if k not in ("grad_ratio",)}, **block}
+    guidance.objective = block
+    loss = {k: v for k, v in OmegaConf.to_container(cfg.system.loss).items() if k not in LAMBDAS.values()}
+    if block["type"] != "none":
+        loss[LAMBDAS.get(block["type"], "lambda_" + block["type"].replace("-", "_"))] = 1.0
+    cfg.system.loss = loss
+    tmp = Path(tempfile.mkdtemp(prefix="pareto-"))
+    try:
+        path = tmp / "cfg.yaml"
+        OmegaConf.save(cfg, path)
+        over = [
+            f"exp_root_dir={tmp}",
+            "tag=run",
+            "use_timestamp=false",
+            f"seed={job['seed']}",
+            f"system.guidance.seed={job['seed']}",
+            f"system.prompt_processor.prompt={job['prompt']}",
+            "system.save_rgb_views=false",
+            *(QUICK if quick else FULL),
+            *extra,
+        ]
+        import torch
+
+        gpu = ["--gpu", "0"] if torch.cuda.is_available() else []
+        t0 = time.time()
+        rc = launch_main(["--config", str(path), "--train", *gpu, *over])
+        if rc != 0:
+            raise RuntimeError(f"run {job_key(job)} failed with exit code {rc}")
+        rows = {}
+        metrics = next(tmp.glob("*/run/save/metrics.csv"))
+        with open(metrics, newline="") as f:
+            for r in csv.DictReader(f):
+                rows.setdefault((r["split"], r["name"]), []).append(float(r["value"]))
+        ratios = rows.get(("train", "align_to_sds_grad_ratio"), [float("nan")])
+        return {
+            **{k: v for k, v in job.items() if k != "block"},
+            "key": job_key(job),
+            "reward_value": rows[("test", "reward")][-1],
+            "psnr": rows[("test", "psnr")][-1],
+            "grad_ratio_logged": statistics.median(ratios),
+            "wall_s": time.time() - t0,
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _worker(queue_in, queue_out, quick, extra):
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    while True:
+        job = queue_in.get()
+        if job is None:
+            return
+        try:
+            queue_out.put(run_job(job, quick, extra))
+        except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
+            queue_out.put({"key": job_key(job), "error": f"{type(exc).__name__}: {exc}"})
+
+
+def mean_se(values: list) -> tuple:
+    if not values:
+        return float("nan"), float("nan")
+    m = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return m, se
+
+
+def best_point(points: list, sds_fid: float):
+    """The strength with the largest mean gain among those with mean fidelity >= 0.9 x SDS-only's."""
+    ok = [p for p in points if p[3] >= 0.9 * sds_fid]
+    return max(ok, key=lambda p: p[1]) if ok else None
+
+
+def summarise(results: list, out: Path) -> list:
+    """Tables, figures and the two summary lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines, summary = [], {}
+    for reward in REWARDS:
+        rs = [r for r in results if r["reward"] == reward]
+        sds = {(r["seed"], r["prompt"]): r for r in rs if r["label"] == "sds"}
+        if not sds:
+            continue
+        sds_fid = statistics.fmean(r["psnr"] for r in sds.values())
+        sds_rew = statistics.fmean(r["reward_value"] for r in sds.values())
+        lines += [
+            f"\n## {reward}: SDS-only reward {sds_rew:.4f}, fidelity {sds_fid:.2f} dB "
+            f"(mean over {len(sds)} seed x prompt runs); gain = objective - SDS-only at the same seed and prompt\n",
+            "| objective | grad_ratio | reward gain | fidelity PSNR (dB) | logged align/SDS ratio | runs |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        points = {}
+        for label in dict.fromkeys(r["label"] for r in rs if r["label"] != "sds"):
+            for s in sorted({r["strength"] for r in rs if r["label"] == label}):
+                cell = [r for r in rs if r["label"] == label and r["strength"] == s and (r["seed"], r["prompt"]) in sds]
+                gains = [r["reward_value"] - sds[(r["seed"], r["prompt"])]["reward_value"] for r in cell]
+                g, g_se = mean_se(gains)
+                f, f_se = mean_se([r["psnr"] for r in cell])
+                ratio = statistics.median(r["grad_ratio_logged"] for r in cell)
+                points.setdefault(label, []).append((s, g, g_se, f, f_se, cell))
+                lines.append(
+                    f"| {label} | {s} | {g:+.4f} ± {g_se:.4f} | {f:.2f} ± {f_se:.2f} | {ratio:.3g} | {len(cell)} |"
+                )
+        fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+        for label, pts in points.items():
+            ax.errorbar(
+                [p[3] for p in pts],
+                [p[1] for p in pts],
+                xerr=[p[4] for p in pts],
+                yerr=[p[2] for p in pts],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+            for p in pts:
+                ax.annotate(f"{p[0]:g}", (p[3], p[1]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.axhline(0.0, color="gray", lw=1)
+        ax.axvline(0.9 * sds_fid, color="gray", ls="--", lw=1, label="0.9 x SDS-only fidelity")
+        ax.axvline(sds_fid, color="black", ls=":", lw=1, label="SDS-only fidelity")
+        ax.set_xlabel("fidelity PSNR against the true object (dB)")
+        ax.set_ylabel(f"{reward} gain over SDS-only")
+        ax.set_title(f"toy Pareto, {reward} (labels: grad_ratio)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"pareto-{reward}.png")
+        plt.close(fig)
+        lines.append(f"\nfigure: {out / f'pareto-{reward}.png'}")
+
+        summary[reward] = {label: best_point(pts, sds_fid) for label, pts in points.items()}
+        summary[reward]["_points"] = points
+
+    x = z = float("nan")
+    b = summary.get("brightness", {})
+    if b.get(PG) and b.get("reward-backprop"):
+        x = b[PG][1] / b["reward-backprop"][1] if b["reward-backprop"][1] > 0 else float("nan")
+    elif "brightness" in summary:
+        x = 0.0
+    j = summary.get("jpeg", {})
+    if j.get(PG):
+        s = j[PG][0]
+        pg = {(r["seed"], r["prompt"]): r["reward_value"] for r in j[PG][5]}
+        ctrl = [p for p in j["_points"].get(CONTROL, []) if p[0] == s]
+        if ctrl:
+            diffs = [
+                pg[(r["seed"], r["prompt"])] - r["reward_value"] for r in ctrl[0][5] if (r["seed"], r["prompt"]) in pg
+            ]
+            m, se = mean_se(diffs)
+            z = m / se if se and se > 0 else float("nan")
+    lines.append("")
+    lines.append(f"pareto brightness: pg gain / backprop gain at fidelity >= 0.9 x sds: {x:.3f}")
+    lines.append(f"pareto jpeg: pg gain over render control: {z:.2f} standard errors")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="reduced runs (150 steps, 24 px): < 15 min on 2 cores")
+    ap.add_argument("--strengths", type=float, nargs="+", default=[0.1, 0.3, 1.0, 3.0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "toy-pareto"))
+    ap.add_argument("--steps", type=int, default=None, help="override trainer.max_steps (smoke runs)")
+    args = ap.parse_args(argv)
+    out = Path(args.out) / ("quick" if args.quick else "full")
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "runs.jsonl"
+    done = {}
+    if cache.exists():
+        for line in cache.read_text().splitlines():
+            r = json.loads(line)
+            done[r["key"]] = r
+    todo = [j for j in jobs(args) if job_key(j) not in done]
+    t0 = time.time()
+    print(f"toy_pareto: {len(todo)} runs to do, {len(done)} cached, {args.workers} worker(s)", flush=True)
+    if todo:
+        ctx = mp.get_context("spawn")
+        q_in, q_out = ctx.Queue(), ctx.Queue()
+        extra = [] if args.steps is None else [f"trainer.max_steps={args.steps}"]
+        procs = [ctx.Process(target=_worker, args=(q_in, q_out, args.quick, extra)) for _ in range(args.workers)]
+        for p in procs:
+            p.start()
+        for j in todo:
+            q_in.put(j)
+        for _ in procs:
+            q_in.put(None)
+        with open(cache, "a") as f:
+            for i in range(len(todo)):
+                r = q_out.get()
+                if "error" in r:
+                    print(f"  run {r['key']} failed: {r['error']}", flush=True)
+                    continue
+                f.write(json.dumps(r) + "\n")
+                f.flush()
+                done[r["key"]] = r
+                print(
+                    f"  [{i + 1}/{len(todo)}] {r['key']}: reward {r['reward_value']:.4f}, psnr {r['psnr']:.2f}",
+                    flush=True,
+                )
+        for p in procs:
+            p.join()
+    wanted = {job_key(j) for j in jobs(args)}
+    results = [r for k, r in done.items() if k in wanted]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [
+        f"# Toy Pareto ({'quick' if args.quick else 'full'}; strengths {args.strengths}; {args.seeds} seeds; "
+        f"prompts {list(PROMPTS)}; {len(results)} runs; sweep wall time {time.time() - t0:.0f} s, "
+        f"1-min load average {load:.1f} on {os.cpu_count()} cores)"
+    ]
+    lines += summarise(results, out)
+    (out / "pareto.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
