@@ -8,11 +8,12 @@ then (DDPO's rule: batch statistics until the buffer fills).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import torch
 
-from ddpo3d.utils.typing import Dict, Float, Sequence, Tensor
+from ddpo3d.utils.typing import Any, Dict, Float, Sequence, Tensor
 
 
 class PerPromptStatTracker:
@@ -57,7 +58,7 @@ class PerPromptStatTracker:
         for prompt in unique:
             idx = torch.tensor([i for i, p in enumerate(prompts) if p == prompt])
             buf = self.buffers.setdefault(prompt, deque(maxlen=self.buffer_size))
-            buf.extend(values[idx].tolist())
+            buf.extend(v for v in values[idx].tolist() if math.isfinite(v))  # a NaN would poison the buffer
             if len(buf) < self.min_count:
                 mean, std = batch_mean, batch_std
             else:
@@ -79,6 +80,18 @@ class PerPromptStatTracker:
                 "count": len(buf),
             }
         return out
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The buffers (per prompt, oldest first) and settings, for checkpoints."""
+        return {
+            "buffer_size": self.buffer_size,
+            "min_count": self.min_count,
+            "buffers": {p: list(b) for p, b in self.buffers.items()},
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s buffers (kept to this tracker's ``buffer_size``)."""
+        self.buffers = {p: deque(map(float, v), maxlen=self.buffer_size) for p, v in state["buffers"].items()}
 
     def clear(self) -> None:
         """Forget all buffers."""

@@ -92,7 +92,6 @@ class NeRFVolumeRenderer(VolumeRenderer):
         # nerfacc's marching step, used for the occupancy grid's alpha estimate
         self.render_step_size = 1.732 * 2 * self.cfg.radius / self.cfg.num_samples_per_ray
         self.occupancy = OccupancyGrid(self.bbox, resolution=32)
-        self.randomized = self.cfg.randomized
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, rays_o: Tensor, rays_d: Tensor):
@@ -304,10 +303,9 @@ class NeRFVolumeRenderer(VolumeRenderer):
             out["comp_normal"] = res["comp_normal"].view(batch_size, height, width, 3)
         return out
 
-    def train(self, mode: bool = True):
-        self.randomized = mode and self.cfg.randomized
-        return super().train(mode=mode)
-
-    def eval(self):
-        self.randomized = False
-        return super().eval()
+    @property
+    def randomized(self) -> bool:
+        """Stratified jitter of the samples: while training only. Read from ``self.training`` at
+        each call (Lightning >= 2.2 restores train mode after validation by setting the flag, not
+        by calling ``train()``, so a cached value went stale after the first validation)."""
+        return self.training and bool(self.cfg.randomized)
