@@ -166,10 +166,9 @@ def _stateful_objects(root: Any, prefix: str, depth: int, seen: set) -> Iterator
             yield path, value
         elif isinstance(value, (torch.nn.Module, torch.optim.Optimizer, type, dict, list, tuple, set)):
             continue
-        elif not type(value).__module__.startswith("ddpo3d"):
-            continue
         elif hasattr(value, "state_dict") and hasattr(value, "load_state_dict"):
-            yield path, value
+            if type(value).__module__.startswith("ddpo3d"):
+                yield path, value
         elif hasattr(value, "__dict__"):
             yield from _stateful_objects(value, path + ".", depth - 1, seen)
 

@@ -202,43 +202,43 @@ def _derive_paths(cfg: Any, makedirs: bool) -> None:
 
 
 def prepare_trial_dir(cfg: Any, mode: str) -> str:
-    """Choose and create the trial folder once the config is valid; never reuse another run's.
+    """Create the trial folder once the config is valid; a training run never writes into
+    another run's folder.
 
-    * ``resume=<trial>/ckpts/<x>.ckpt``: the run continues (or is evaluated) in ``<trial>``;
-    * ``--train`` into a folder that already holds files: with ``use_timestamp`` a new folder
-      ``<trial>-1``, ``-2``, ... (notice); without it an error naming the folder;
-    * otherwise the derived ``trial_dir``.
+    ``--train`` into a folder that already holds files is allowed only to continue that
+    run (``resume=<that folder>/ckpts/<x>.ckpt``). Otherwise, with ``use_timestamp`` the run
+    goes to a new folder ``<trial>-1``, ``-2``, ... (notice); without it, it is an error that
+    names the folder. Evaluation modes (``--validate`` / ``--test`` / ``--export``) add their
+    outputs to the derived folder, as threestudio does.
 
     Returns:
-        the trial folder (also set in ``cfg.trial_dir`` / ``trial_name`` / ``exp_dir``).
+        the trial folder (also set in ``cfg.trial_dir`` / ``trial_name``).
 
     Raises:
         ConfigError: a training run would write into another run's folder.
     """
     trial = cfg.trial_dir
+    own = None
     if cfg.resume is not None:
         ckpt_dir = os.path.dirname(os.path.abspath(cfg.resume))
         if os.path.basename(ckpt_dir) == "ckpts":
-            owner = os.path.dirname(ckpt_dir)
-            if os.path.abspath(trial) != owner:
-                info(f"resume: using the checkpoint's trial folder {owner}")
-            trial = owner
-    elif mode == "train" and os.path.isdir(trial) and os.listdir(trial):
+            own = os.path.dirname(ckpt_dir)
+    busy = os.path.isdir(trial) and bool(os.listdir(trial))
+    if mode == "train" and busy and os.path.abspath(trial) != own:
         held = ", ".join(sorted(os.listdir(trial))[:4])
         if not cfg.use_timestamp:
+            hint = f"continue it with resume={os.path.join(trial, 'ckpts', 'last.ckpt')}, or " if own is None else ""
             raise ConfigError(
-                f"The trial folder {trial} already holds a run ({held}); nothing was written. Continue that run "
-                f"with resume={os.path.join(trial, 'ckpts', 'last.ckpt')}, or choose another folder with "
-                "tag=<name> or use_timestamp=true"
+                f"The trial folder {trial} already holds a run ({held}); nothing was written. To keep it, "
+                f"{hint}choose another folder with tag=<name> or use_timestamp=true"
             )
         n = 1
         while os.path.exists(f"{trial}-{n}"):
             n += 1
         info(f"{trial} already holds a run ({held}); writing to {trial}-{n}")
         trial = f"{trial}-{n}"
-    cfg.trial_dir = trial
-    cfg.trial_name = os.path.basename(trial)
-    cfg.exp_dir = os.path.dirname(trial)
+        cfg.trial_dir = trial
+        cfg.trial_name = os.path.basename(trial)
     os.makedirs(trial, exist_ok=True)
     return trial
 
