@@ -68,7 +68,7 @@ class StableDiffusionPromptProcessor(EncoderPromptProcessor):
         path, local_only = resolve_pretrained(
             self.cfg.pretrained_model_name_or_path,
             f"Stable Diffusion tokenizer ({self.cfg.pretrained_model_name_or_path})",
-            required_file=os.path.join("tokenizer", "vocab.json"),
+            required_file=os.path.join("text_encoder", "config.json"),
         )
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=local_only)
         return (lambda text: len(tokenizer(text).input_ids)), int(tokenizer.model_max_length)
