@@ -10,8 +10,11 @@ Overrides are dotted ``key=value`` pairs merged over the YAML (OmegaConf syntax)
 unlike threestudio, an extension that fails to import stops the run with its name.
 
 Errors (missing file, bad override, unknown key or type, ...) print one ``error: ...``
-line and exit with status 1; ``--verbose`` adds the traceback. ``DDPO3D_HOST=lite`` forces
-the built-in runtime.
+line and exit with status 1; ``--verbose`` adds the traceback. An error during training
+names the component that raised (reward block, guidance, ...) and the exception type, after
+``ckpts/last.ckpt`` was written. Ctrl-C finishes the current step, writes
+``ckpts/last.ckpt`` and exits with status 130. ``DDPO3D_HOST=lite`` forces the built-in
+runtime.
 """
 
 from __future__ import annotations
@@ -178,7 +181,7 @@ def run_lite(args: argparse.Namespace, extras: list, custom_dirs: list, n_gpus: 
     load_custom_modules(custom_dirs)
     if n_gpus > 1:
         logging.getLogger("ddpo3d").warning("the built-in runtime trains on one device; using the first of --gpu")
-    cfg = load_config(*args.config, cli_args=extras)
+    cfg = load_config(*args.config, cli_args=extras, makedirs=False)  # the folder comes once all is valid
     if args.gradio:
         logging.getLogger("ddpo3d").warning("--gradio is only supported on the threestudio host; ignoring it")
     run_experiment(cfg, _mode(args), gpu=args.gpu, config_path=args.config[0], argv=sys.argv)
@@ -282,6 +285,10 @@ def _threestudio_loggers(args: argparse.Namespace, cfg: "object", system: "objec
 
 
 def _one_line(exc: BaseException) -> str:
+    if hasattr(exc, "ddpo3d_component") or hasattr(exc, "ddpo3d_checkpoint"):
+        from ddpo3d.training_guard import format_training_error
+
+        return format_training_error(exc)
     if isinstance(exc, KeyError) and exc.args:
         text = str(exc.args[0])
     else:
@@ -328,6 +335,12 @@ def main(argv: "list | None" = None, custom_dirs: "list | None" = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line unless --verbose
+        from ddpo3d.utils.finite import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            path = getattr(exc, "ddpo3d_checkpoint", None)
+            print(f"{exc}" + (f"; continue with resume={path}" if path else ""), file=sys.stderr)
+            return 130
         if args.verbose:
             traceback.print_exc()
         print(f"error: {_one_line(exc)}", file=sys.stderr)

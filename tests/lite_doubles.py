@@ -133,13 +133,18 @@ class PromptProcessor(BaseObject):
 @_register("test-mse-guidance")
 class MSEGuidance(BaseObject):
     """``loss_sds``: MSE to a target colour; extra ``loss_extra`` when asked; raises
-    ``KeyboardInterrupt`` at ``interrupt_at_step`` (>= 0) to test Ctrl-C handling."""
+    ``KeyboardInterrupt`` at ``interrupt_at_step`` (>= 0) to test Ctrl-C handling. For the
+    training guard: a NaN loss at the steps in ``nan_loss_steps``, a finite loss with a NaN
+    gradient at ``nan_grad_steps``, ``ValueError`` at ``raise_at_step``."""
 
     @dataclass
     class Config(BaseObject.Config):
         target: tuple = (1.0, 0.0, 0.0)
         return_extra_loss: bool = False
         interrupt_at_step: int = -1
+        nan_loss_steps: tuple = ()
+        nan_grad_steps: tuple = ()
+        raise_at_step: int = -1
         guidance_scale: float = 1.0
         # accepted so stock configs can swap this double in
         pretrained_model_name_or_path: str = ""
@@ -170,6 +175,13 @@ class MSEGuidance(BaseObject):
         }
         if self.cfg.return_extra_loss:
             out["loss_extra"] = rgb.mean()
+        if self.global_step == self.cfg.raise_at_step:
+            raise ValueError("test guidance failed on purpose")
+        if self.global_step in tuple(self.cfg.nan_loss_steps):
+            out["loss_sds"] = out["loss_sds"] * float("nan")
+        if self.global_step in tuple(self.cfg.nan_grad_steps):
+            # value 0, gradient NaN: d sqrt(|x|)/dx at x = 0
+            out["loss_sds"] = out["loss_sds"] + (rgb - rgb.detach()).abs().sqrt().mean()
         return out
 
 

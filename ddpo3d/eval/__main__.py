@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, KeyError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for row in rows:  # which renders were scored: the latest test step of each run
+        where = f"test step {row['step']}" if row.get("step") is not None else "a folder of images"
+        print(f"{row['run']}: scored {row['views']} views of {where} ({row['views_from']})", file=sys.stderr)
     print(to_markdown(rows))
     if args.csv:
         write_csv(rows, args.csv)

@@ -25,6 +25,7 @@ METRIC_BLOCKS: Dict[str, dict] = {
     "jpeg": {"type": "jpeg-compressibility"},
     "jpeg-compressibility": {"type": "jpeg-compressibility"},
     "jpeg-incompressibility": {"type": "jpeg-incompressibility"},
+    "brightness": {"type": "brightness"},
 }
 
 _TEST_DIR = re.compile(r"^it(\d+)-test(-rgb)?$")
@@ -122,7 +123,9 @@ def score_runs(
         device: torch device for the rewards.
 
     Returns:
-        One row per run: ``run``, ``prompt``, ``views`` and ``<metric>_mean`` / ``<metric>_std``.
+        One row per run: ``run``, ``prompt``, ``step`` (the test step the views come from;
+        ``None`` for a plain image folder), ``views``, ``views_from`` (their folder) and
+        ``<metric>_mean`` / ``<metric>_std``.
 
     Raises:
         ValueError: when a run has no recorded prompt and none was given.
@@ -134,7 +137,15 @@ def score_runs(
         if run_prompt is None:
             raise ValueError(f"No prompt for {run}: it has no configs/parsed.yaml; pass --prompt")
         images = load_views(views)
-        row: Dict[str, object] = {"run": str(run), "prompt": run_prompt, "views": len(views)}
+        folder = views[0].parent
+        match = _TEST_DIR.match(folder.name)
+        row: Dict[str, object] = {
+            "run": str(run),
+            "prompt": run_prompt,
+            "step": int(match.group(1)) if match else None,
+            "views": len(views),
+            "views_from": str(folder),
+        }
         for name, reward in rewards.items():
             scores = []
             with torch.no_grad():
@@ -153,12 +164,13 @@ def to_markdown(rows: List[Dict[str, object]]) -> str:
     if not rows:
         return "(no runs)"
     metrics = [k[: -len("_mean")] for k in rows[0] if k.endswith("_mean")]
-    head = "| run | prompt | views | " + " | ".join(metrics) + " |"
-    sep = "|---|---|---:|" + "---:|" * len(metrics)
+    head = "| run | prompt | test step | views | " + " | ".join(metrics) + " |"
+    sep = "|---|---|---:|---:|" + "---:|" * len(metrics)
     lines = [head, sep]
     for r in rows:
         cells = [f"{r[m + '_mean']:.4f} ± {r[m + '_std']:.4f}" for m in metrics]
-        lines.append(f"| {r['run']} | {r['prompt']} | {r['views']} | " + " | ".join(cells) + " |")
+        step = "-" if r.get("step") is None else r["step"]
+        lines.append(f"| {r['run']} | {r['prompt']} | {step} | {r['views']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

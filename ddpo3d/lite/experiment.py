@@ -16,7 +16,9 @@ from datetime import datetime
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ddpo3d.lite import info
 from ddpo3d.utils.config import ConfigError, parse_structured
+from ddpo3d.utils.prompts import short_trial_name
 from ddpo3d.utils.schedule import C_max
 from ddpo3d.utils.typing import Any, List, Optional, Sequence
 
@@ -138,7 +140,8 @@ def load_config(
         *yamls: YAML file paths (or YAML strings with ``from_string``), merged in order.
         cli_args: dotted overrides ``key=value`` merged on top.
         from_string: treat ``yamls`` as YAML text.
-        makedirs: create ``trial_dir``.
+        makedirs: create ``trial_dir`` (the launcher passes ``False`` and creates it once the
+            whole config has been validated: see :func:`prepare_trial_dir`).
         **kwargs: extra top-level values merged last (e.g. ``n_gpus``).
 
     Returns:
@@ -159,8 +162,9 @@ def load_config(
             raise FileNotFoundError(f"Config file not found: {y}")
         try:
             confs.append(OmegaConf.load(y))
-        except Exception as exc:
-            raise ConfigError(f"Cannot parse config file {y}: {str(exc).strip().splitlines()[0]}") from None
+        except Exception as exc:  # the YAML parser's message, with its line and column, on one line
+            detail = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+            raise ConfigError(f"Cannot parse config file {y}: {detail or type(exc).__name__}") from None
     cfg = OmegaConf.merge(*confs, parse_overrides(cli_args), kwargs)
     if not isinstance(cfg, DictConfig):
         raise ConfigError("The config file must contain a mapping at the top level")
@@ -184,7 +188,13 @@ def _derive_paths(cfg: Any, makedirs: bool) -> None:
     """threestudio's ``ExperimentConfig.__post_init__``: trial name and folders."""
     if not cfg.tag and not cfg.use_timestamp:
         raise ConfigError("Either tag is specified or use_timestamp is True")
-    cfg.trial_name = cfg.tag
+    tag, shortened = short_trial_name(str(cfg.tag))
+    if shortened:
+        info(
+            f"tag is {len(str(cfg.tag))} characters long (a long prompt?): the trial folder is named "
+            f"{tag!r} (cut, with a hash of the full tag); set tag=<name> to choose it"
+        )
+    cfg.trial_name = tag
     if cfg.timestamp is None:
         cfg.timestamp = datetime.now().strftime("@%Y%m%d-%H%M%S") if cfg.use_timestamp else ""
     cfg.trial_name += cfg.timestamp
@@ -192,6 +202,48 @@ def _derive_paths(cfg: Any, makedirs: bool) -> None:
     cfg.trial_dir = os.path.join(cfg.exp_dir, cfg.trial_name)
     if makedirs:
         os.makedirs(cfg.trial_dir, exist_ok=True)
+
+
+def prepare_trial_dir(cfg: Any, mode: str) -> str:
+    """Create the trial folder once the config is valid; a training run never writes into
+    another run's folder.
+
+    ``--train`` into a folder that already holds files is allowed only to continue that
+    run (``resume=<that folder>/ckpts/<x>.ckpt``). Otherwise, with ``use_timestamp`` the run
+    goes to a new folder ``<trial>-1``, ``-2``, ... (notice); without it, it is an error that
+    names the folder. Evaluation modes (``--validate`` / ``--test`` / ``--export``) add their
+    outputs to the derived folder, as threestudio does.
+
+    Returns:
+        the trial folder (also set in ``cfg.trial_dir`` / ``trial_name``).
+
+    Raises:
+        ConfigError: a training run would write into another run's folder.
+    """
+    trial = cfg.trial_dir
+    own = None
+    if cfg.resume is not None:
+        ckpt_dir = os.path.dirname(os.path.abspath(cfg.resume))
+        if os.path.basename(ckpt_dir) == "ckpts":
+            own = os.path.dirname(ckpt_dir)
+    busy = os.path.isdir(trial) and bool(os.listdir(trial))
+    if mode == "train" and busy and os.path.abspath(trial) != own:
+        held = ", ".join(sorted(os.listdir(trial))[:4])
+        if not cfg.use_timestamp:
+            hint = f"continue it with resume={os.path.join(trial, 'ckpts', 'last.ckpt')}, or " if own is None else ""
+            raise ConfigError(
+                f"The trial folder {trial} already holds a run ({held}); nothing was written. To keep it, "
+                f"{hint}choose another folder with tag=<name> or use_timestamp=true"
+            )
+        n = 1
+        while os.path.exists(f"{trial}-{n}"):
+            n += 1
+        info(f"{trial} already holds a run ({held}); writing to {trial}-{n}")
+        trial = f"{trial}-{n}"
+        cfg.trial_dir = trial
+        cfg.trial_name = os.path.basename(trial)
+    os.makedirs(trial, exist_ok=True)
+    return trial
 
 
 def dump_config(path: str, config: Any) -> None:
@@ -207,5 +259,6 @@ __all__ = [
     "dump_config",
     "load_config",
     "parse_overrides",
+    "prepare_trial_dir",
     "register_resolvers",
 ]

@@ -22,9 +22,10 @@ import pytorch_lightning as pl
 import torch
 
 from ddpo3d.lite import find, info, warn
-from ddpo3d.lite.utils.callbacks import ConfigSnapshotCallback, CustomProgressBar, InterruptCheckpoint
+from ddpo3d.lite.utils.callbacks import ConfigSnapshotCallback, CustomProgressBar
 from ddpo3d.lite.utils.misc import set_device
-from ddpo3d.utils.config import ConfigError, to_primitive, unknown_key_message
+from ddpo3d.utils.config import ConfigError, parse_structured, to_primitive, unknown_key_message
+from ddpo3d.utils.prompts import check_prompt
 from ddpo3d.utils.typing import Any, Dict, List, Optional, Sequence
 
 MODES = ("train", "validate", "test", "export")
@@ -123,8 +124,7 @@ def build_trainer(
             ModelCheckpoint(dirpath=ckpt_dir, **ckpt_kwargs),
             LearningRateMonitor(logging_interval="step"),
             ConfigSnapshotCallback(config_path, cfg, os.path.join(cfg.trial_dir, "configs")),
-            InterruptCheckpoint(os.path.join(ckpt_dir, "last.ckpt")),
-        ]
+        ]  # the system's TrainingGuard (configure_callbacks) writes last.ckpt on Ctrl-C and errors
         run_loggers += _tensorboard_logger(cfg.trial_dir) + [CSVLogger(cfg.trial_dir, name="csv_logs")]
         run_loggers += list(loggers)
     if trainer_kwargs.get("enable_progress_bar", True):
@@ -148,6 +148,39 @@ def _set_system_status(system: Any, ckpt_path: Optional[str]) -> None:
     system.set_resume_status(ckpt["epoch"], ckpt["global_step"])
 
 
+def validate_system_config(cfg: Any) -> None:
+    """Check the parts of ``system`` that are only built when fitting starts (guidance and
+    prompt processor, their reward and objective blocks) without loading any model, so that
+    a typo fails before anything is written.
+
+    Raises:
+        ConfigError: naming the bad key, block or value.
+    """
+    system = to_primitive(cfg.system) or {}
+    pp = system.get("prompt_processor") or {}
+    if "prompt" in pp:
+        check_prompt(pp["prompt"])
+    for key in ("prompt_processor", "guidance"):
+        type_name = system.get(f"{key}_type")
+        if not type_name:
+            continue
+        cls = find(type_name)
+        config_cls = getattr(cls, "Config", None)
+        if config_cls is None:
+            continue
+        block = system.get(key) or {}
+        parse_structured(config_cls, block, where=f"system.{key} ({type_name})")
+        if key == "guidance" and isinstance(block, dict):
+            from ddpo3d.rewards.registry import validate_reward_config
+
+            if block.get("reward") is not None:
+                validate_reward_config(block["reward"])
+            if isinstance(block.get("objective"), dict):
+                from ddpo3d.objectives.combined import build_objective
+
+                build_objective(block["objective"])
+
+
 def run_experiment(
     cfg: Any,
     mode: str,
@@ -156,6 +189,10 @@ def run_experiment(
     argv: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
     """Build data, system and trainer for ``cfg`` and run ``mode``.
+
+    Nothing is written before the whole config has been validated; the trial folder is then
+    chosen by :func:`ddpo3d.lite.experiment.prepare_trial_dir` (a training run never writes
+    into another run's folder; ``resume=<trial>/ckpts/...`` continues in ``<trial>``).
 
     Args:
         cfg: parsed experiment config (``ddpo3d.lite.experiment.load_config``).
@@ -166,7 +203,14 @@ def run_experiment(
 
     Returns:
         ``{"trainer", "system", "datamodule"}`` after the run.
+
+    Raises:
+        TrainingInterrupted: Ctrl-C during fitting (``ckpts/last.ckpt`` written first).
     """
+    from ddpo3d.lite.experiment import prepare_trial_dir
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     accelerator = choose_accelerator(gpu)
     set_device("cuda" if accelerator == "gpu" else "cpu")
     quiet = {"verbose": False} if "verbose" in inspect.signature(pl.seed_everything).parameters else {}  # pl >= 2.2
@@ -177,12 +221,20 @@ def run_experiment(
         raise ValueError("data_type is required (e.g. random-camera-datamodule)")
     if not cfg.system_type:
         raise ValueError("system_type is required (e.g. dreamfusion-system)")
+    validate_system_config(cfg)
     dm = find(cfg.data_type)(cfg.data)
     system = find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None)
+    trainer_kwargs = dict(to_primitive(cfg.trainer) or {})
+    check_kwargs(pl.Trainer.__init__, trainer_kwargs, "trainer")
+    if mode == "train":
+        from pytorch_lightning.callbacks import ModelCheckpoint
+
+        check_kwargs(ModelCheckpoint.__init__, dict(to_primitive(cfg.checkpoint) or {}), "checkpoint")
+    prepare_trial_dir(cfg, mode)  # the config is valid: now the trial folder may be written
     system.set_save_dir(os.path.join(cfg.trial_dir, "save"))
     trainer = build_trainer(cfg, mode, accelerator, config_path=config_path, loggers=system.get_loggers())
     if mode == "train":
-        with open(os.path.join(cfg.trial_dir, "cmd.txt"), "w") as f:
+        with open(os.path.join(cfg.trial_dir, "cmd.txt"), "a" if cfg.resume is not None else "w") as f:
             f.write("python " + " ".join(argv if argv is not None else sys.argv) + "\n")
         trainer.fit(system, datamodule=dm, ckpt_path=cfg.resume)
         trainer.test(system, datamodule=dm)

@@ -8,6 +8,7 @@ then (DDPO's rule: batch statistics until the buffer fills).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import torch
@@ -57,7 +58,7 @@ class PerPromptStatTracker:
         for prompt in unique:
             idx = torch.tensor([i for i, p in enumerate(prompts) if p == prompt])
             buf = self.buffers.setdefault(prompt, deque(maxlen=self.buffer_size))
-            buf.extend(values[idx].tolist())
+            buf.extend(v for v in values[idx].tolist() if math.isfinite(v))  # a NaN would poison the buffer
             if len(buf) < self.min_count:
                 mean, std = batch_mean, batch_std
             else:

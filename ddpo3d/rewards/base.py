@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ddpo3d.utils.config import parse_structured
+from ddpo3d.utils.finite import check_finite_scores
 from ddpo3d.utils.typing import Any, Dict, Float, List, NamedTuple, Optional, Sequence, Tensor
 
 __all__ = ["Reward", "RewardOutput", "validate_inputs", "RANGE_TOLERANCE"]
@@ -156,6 +157,7 @@ class Reward(nn.Module):
         prompts = validate_inputs(images, prompts, where=f"reward {self.name!r}")
         scores = self.score(images, prompts)
         scores = self._check_scores(scores, images)
+        check_finite_scores(self, scores)  # raises only inside a training step (ddpo3d.utils.finite)
         return RewardOutput(scores, {self.name: scores})
 
     def forward(self, images: Float[Tensor, "B H W 3"], prompts: Sequence[str]) -> Float[Tensor, " B"]:

@@ -129,3 +129,24 @@ def build_reward(cfg: Any):
     if weight != 1.0:
         return CompositeReward.from_terms([(reward, weight)])
     return reward
+
+
+def validate_reward_config(cfg: Any) -> None:
+    """Check a reward block (or list of blocks) without building it (no model is loaded):
+    known ``type``, well-formed ``weight`` / ``name``, and every option a key of the reward's
+    ``Config``.
+
+    Raises:
+        UnknownRewardError, ConfigError: as :func:`build_reward` would.
+    """
+    from ddpo3d.utils.config import parse_structured
+
+    cfg = to_primitive(cfg)
+    if cfg is None or (isinstance(cfg, dict) and not cfg):
+        return
+    blocks = list(cfg) if isinstance(cfg, (list, tuple)) else [cfg]
+    for i, block in enumerate(blocks):
+        where = f"reward block {i}" if isinstance(cfg, (list, tuple)) else "reward block"
+        rtype, _, _, options = _split_block(block, where)
+        cls = get_reward_class(rtype)
+        parse_structured(cls.Config, options, where=f"reward {rtype!r} ({cls.__name__})")

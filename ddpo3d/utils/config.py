@@ -29,6 +29,8 @@ def to_primitive(cfg: Any) -> Any:
 
 def unknown_key_message(key: str, where: str, known: list) -> str:
     """Error text for an unknown config key, with a close-match suggestion."""
+    if not known:
+        return f"Unknown config key {key!r} for {where}: it takes no options"
     hint = difflib.get_close_matches(key, known, n=1)
     suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
     return f"Unknown config key {key!r} for {where}.{suggestion} Known keys: {', '.join(sorted(known))}"

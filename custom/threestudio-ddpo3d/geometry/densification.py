@@ -65,6 +65,10 @@ class GaussianDensification(pl.Callback):
         self.geometry.bind_optimizer(optimizer_of(trainer, self.geometry.means))
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        guard = pl_module.__dict__.get("_training_guard")  # ddpo3d.training_guard, when the system has one
+        if guard is not None and guard.step_skipped:
+            self._refine = False  # a skipped (non-finite) step adds no statistics and refines nothing
+            return
         self._refine = self.geometry.step_post_backward(amp_loss_scale(trainer))
         # the step this batch trains (the global step counts it as done only after optimizer.step())
         self._step = global_step(trainer, pl_module)

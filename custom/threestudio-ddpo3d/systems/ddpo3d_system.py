@@ -13,7 +13,11 @@ losses, regularisers, validation grids, test turntable video), plus:
 * test views are also saved as plain RGB (``save/it<step>-test-rgb/<i>.png``) for
   ``python -m ddpo3d.eval``;
 * a geometry's own training callbacks (``geometry.training_callbacks()``: Gaussian splats'
-  densification) are attached through ``configure_callbacks``.
+  densification) are attached through ``configure_callbacks``;
+* training is guarded (``ddpo3d.training_guard``): a non-finite reward, advantage, loss or
+  gradient skips the step's update (``train/skipped_steps``; the run stops after
+  ``max_consecutive_skips`` in a row), any exception writes ``ckpts/last.ckpt`` and names the
+  component, and checkpoints carry the guidance RNG and stat tracker for exact resume.
 
 Dropping SDS after N steps (the DDPO3D ablation) is the usual schedule on the weight:
 ``lambda_sds: [N, 1.0, 0.0, N+1]``.
@@ -30,7 +34,9 @@ import torch
 from ddpo3d.host import DreamFusion, register
 from ddpo3d.rewards import build_reward
 from ddpo3d.toy import parse_toy_prompt, render_toy_object
+from ddpo3d.training_guard import ReliableSystemMixin, training_guard_of, warn_negative_reward_weights
 from ddpo3d.utils.config import ConfigError, to_primitive
+from ddpo3d.utils.prompts import check_prompt
 from ddpo3d.utils.typing import Any, Dict, List, Optional
 
 from .metrics import MetricHistory
@@ -39,11 +45,13 @@ REFERENCES = (None, "toy")
 # train_params/: the loss weights; train/densify_*: logged only on densification steps (their
 # callback records them in the history itself), so Lightning's callback_metrics would repeat
 # their last value at every later step
-TRAIN_KEYS_SKIP = ("train_params/", "train/densify_")
+TRAIN_KEYS_SKIP = ("train_params/", "train/densify_", "train/skipped_")
+#: on the lite host the base system is guarded already; on threestudio the mixin comes first
+_BASES = (DreamFusion,) if issubclass(DreamFusion, ReliableSystemMixin) else (ReliableSystemMixin, DreamFusion)
 
 
 @register("ddpo3d-system")
-class DDPO3DSystem(DreamFusion):
+class DDPO3DSystem(*_BASES):
     """DreamFusion system with reward / fidelity evaluation and metric curves."""
 
     @dataclass
@@ -56,6 +64,8 @@ class DDPO3DSystem(DreamFusion):
         reference_background: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
         # also save plain RGB test views for ddpo3d.eval
         save_rgb_views: bool = True
+        # stop after this many steps in a row skipped for non-finite values (0: never)
+        max_consecutive_skips: int = 5
 
     cfg: Config
 
@@ -66,6 +76,11 @@ class DDPO3DSystem(DreamFusion):
         self._eval_reward_module = None
         self._eval_scores: Dict[str, List[float]] = {}
         self._history: Optional[MetricHistory] = None
+        if self.cfg.max_consecutive_skips < 0:
+            raise ConfigError(f"system.max_consecutive_skips must be >= 0, got {self.cfg.max_consecutive_skips}")
+        if "prompt" in self.cfg.prompt_processor:
+            check_prompt(self.cfg.prompt_processor.get("prompt"))
+        warn_negative_reward_weights(self.cfg.loss)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -143,17 +158,25 @@ class DDPO3DSystem(DreamFusion):
     # ------------------------------------------------------------------ training
     def on_train_batch_end(self, outputs, batch, batch_idx):
         super().on_train_batch_end(outputs, batch, batch_idx)
-        metrics = getattr(self.trainer, "callback_metrics", {}) or {}
+        guard = training_guard_of(self)
         values = {}
-        for key, value in metrics.items():
-            if key.startswith("train/") and not key.startswith(TRAIN_KEYS_SKIP):
-                try:
-                    values[key[len("train/") :]] = float(value)
-                except (TypeError, ValueError):
-                    continue
+        if guard.step_skip is not None:
+            # this step's scalars were not (all) logged: record the skip and what was non-finite
+            values["skipped_steps"] = float(guard.skipped_steps)
+            values[f"skipped_{guard.step_skip[0]}"] = 1.0
+        else:
+            metrics = getattr(self.trainer, "callback_metrics", {}) or {}
+            for key, value in metrics.items():
+                if key.startswith("train/") and not key.startswith(TRAIN_KEYS_SKIP):
+                    try:
+                        values[key[len("train/") :]] = float(value)
+                    except (TypeError, ValueError):
+                        continue
         if getattr(self, "_fit_t0", None) is None:
             self._fit_t0 = time.perf_counter()
-        values["elapsed_s"] = time.perf_counter() - self._fit_t0  # wall time since the first step ended
+        # wall time since the first step ended (continued across a resume)
+        values["elapsed_s"] = self.__dict__.get("_elapsed_resumed", 0.0) + time.perf_counter() - self._fit_t0
+        self._elapsed_before = values["elapsed_s"]
         self.history.add(self.true_global_step, "train", values)
 
     def configure_callbacks(self):

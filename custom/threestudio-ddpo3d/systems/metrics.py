@@ -15,6 +15,10 @@ FIELDS = ["step", "split", "name", "value"]
 class MetricHistory:
     """Rows ``(step, split, name, value)`` appended to ``path`` as they come (nothing lost on interrupt).
 
+    One row per ``(step, split, name)``: writing a value again (``--validate`` / ``--test``
+    on a finished run, a resumed run replaying steps) keeps one row, the newest value.
+    Non-finite values are written as ``nan`` / ``inf`` so the cause of a failure stays on record.
+
     Args:
         path: the CSV file; existing rows (a resumed run) are kept and read back.
     """
@@ -22,24 +26,50 @@ class MetricHistory:
     def __init__(self, path: str):
         self.path = path
         self.rows: List[Tuple[int, str, str, float]] = []
+        self._index: Dict[Tuple[int, str, str], int] = {}
         if os.path.isfile(path):
             with open(path, newline="") as f:
                 for r in csv.DictReader(f):
-                    self.rows.append((int(r["step"]), r["split"], r["name"], float(r["value"])))
+                    self._put((int(r["step"]), r["split"], r["name"], float(r["value"])))
+
+    def _put(self, row: Tuple[int, str, str, float]) -> bool:
+        """Insert or replace a row; ``True`` when an existing row changed."""
+        key = row[:3]
+        if key in self._index:
+            i = self._index[key]
+            old = self.rows[i][3]
+            if old == row[3] or (math.isnan(old) and math.isnan(row[3])):
+                return False
+            self.rows[i] = row
+            return True
+        self._index[key] = len(self.rows)
+        self.rows.append(row)
+        return False
 
     def add(self, step: int, split: str, values: Dict[str, float]) -> None:
-        """Append finite scalars for one step and split."""
-        new = [(int(step), split, k, float(v)) for k, v in values.items() if v is not None and math.isfinite(float(v))]
-        if not new:
+        """Record scalars (finite or not) for one step and split."""
+        new = [(int(step), split, k, float(v)) for k, v in values.items() if v is not None]
+        fresh_rows = [r for r in new if r[:3] not in self._index]
+        changed = False
+        for row in new:
+            changed = self._put(row) or changed
+        if not fresh_rows and not changed:
             return
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        if changed:  # a value was replaced: rewrite the file (atomically)
+            tmp = self.path + ".tmp"
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(FIELDS)
+                w.writerows(self.rows)
+            os.replace(tmp, self.path)
+            return
         fresh = not os.path.isfile(self.path)
         with open(self.path, "a", newline="") as f:
             w = csv.writer(f)
             if fresh:
                 w.writerow(FIELDS)
-            w.writerows(new)
-        self.rows.extend(new)
+            w.writerows(fresh_rows)
 
     def series(self, split: str, name: str) -> Tuple[List[int], List[float]]:
         """Steps and values of one metric (last value wins per step)."""

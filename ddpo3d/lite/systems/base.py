@@ -27,6 +27,7 @@ from ddpo3d.lite.systems.utils import parse_optimizer, parse_scheduler
 from ddpo3d.lite.utils.base import Updateable, update_end_if_possible, update_if_possible
 from ddpo3d.lite.utils.misc import cleanup
 from ddpo3d.lite.utils.saving import SaverMixin
+from ddpo3d.training_guard import ReliableSystemMixin
 from ddpo3d.utils.config import ConfigError, parse_structured, to_primitive
 from ddpo3d.utils.schedule import C
 from ddpo3d.utils.typing import Any, Dict, List, Optional, Tuple
@@ -61,8 +62,13 @@ def _loader_dataset(loaders: Any) -> Any:
     return getattr(loaders, "dataset", None)
 
 
-class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
+class BaseSystem(ReliableSystemMixin, pl.LightningModule, Updateable, SaverMixin):
     """A LightningModule with threestudio's configuration and step hooks.
+
+    Training is guarded by :class:`ddpo3d.training_guard.TrainingGuard` (returned from
+    ``configure_callbacks``): a step whose loss, logged loss / advantage terms, reward or
+    gradients are non-finite leaves parameters and optimiser state untouched, any exception
+    writes ``ckpts/last.ckpt`` first, and resume restores the RNG streams.
 
     Args:
         cfg: the ``system`` block (parsed strictly into ``Config``).
@@ -79,6 +85,7 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         weights_ignore_modules: Optional[List[str]] = None  # sub-modules not loaded from `weights`
         cleanup_after_validation_step: bool = False  # gc + empty CUDA cache after each val step
         cleanup_after_test_step: bool = False  # same after each test step
+        max_consecutive_skips: int = 5  # stop after this many steps in a row skipped for non-finite values (0: never)
 
     cfg: Config
 

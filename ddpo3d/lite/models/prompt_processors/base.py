@@ -23,6 +23,7 @@ import torch
 import ddpo3d.lite as threestudio
 from ddpo3d.lite.utils.base import BaseObject
 from ddpo3d.lite.utils.misc import cleanup
+from ddpo3d.utils.prompts import check_prompt, fit_prompt
 from ddpo3d.utils.typing import Any, Callable, Dict, Float, List, Optional, Tensor, Tuple, Union
 
 DEFAULT_CACHE_DIR = ".threestudio_cache/text_embeddings"
@@ -223,7 +224,7 @@ class PromptProcessor(BaseObject):
         if os.path.exists("load/prompt_library.json"):
             with open("load/prompt_library.json") as f:
                 self.prompt_library = json.load(f)
-        self.prompt = self.preprocess_prompt(c.prompt)
+        self.prompt = self.fit_to_encoder(self.preprocess_prompt(check_prompt(c.prompt)))
         self.negative_prompt = c.negative_prompt
         threestudio.info(f"Using prompt [{self.prompt}] and negative prompt [{self.negative_prompt}]")
         self.prompts_vd = [getattr(c, f"prompt_{d.name}", None) or d.prompt(self.prompt) for d in self.directions]
@@ -239,6 +240,26 @@ class PromptProcessor(BaseObject):
     def spawn_func(pretrained_model_name_or_path: str, prompts: List[str], cache_dir: str) -> None:
         """Encode ``prompts`` and save one ``<hash>.pt`` per prompt under ``cache_dir``."""
         raise NotImplementedError
+
+    def token_counter(self) -> Optional[Tuple[Callable[[str], int], int]]:
+        """``(count_tokens, max_length)`` of the text encoder's tokenizer; ``None``: no limit known."""
+        return None
+
+    def fit_to_encoder(self, prompt: str) -> str:
+        """Cut a prompt longer than the text encoder reads (with a warning saying what was cut),
+        at word boundaries and so that every view-dependent prompt still ends with its view phrase."""
+        counter = self.token_counter()
+        if counter is None:
+            return prompt
+        count, limit = counter
+        fitted, cut = fit_prompt(prompt, [d.prompt for d in self.directions], count, limit)
+        if cut is not None:
+            threestudio.warn(
+                f"The prompt is {count(prompt)} tokens but the text encoder reads {limit}: using "
+                f"[{fitted}]; cut [{cut}] so that the view phrases (e.g. [{self.directions[0].prompt('X')}]) "
+                "are kept. Shorten the prompt to choose what is dropped."
+            )
+        return fitted
 
     def cache_path(self, prompt: str) -> str:
         return os.path.join(self._cache_dir, f"{hash_prompt(self.cfg.pretrained_model_name_or_path, prompt)}.pt")

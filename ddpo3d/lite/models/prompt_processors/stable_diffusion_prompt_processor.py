@@ -61,6 +61,18 @@ class StableDiffusionPromptProcessor(EncoderPromptProcessor):
             self.cfg.pretrained_model_name_or_path, self.device
         )
 
+    def token_counter(self):
+        """CLIP token count (with the start / end tokens) and the tokenizer's ``model_max_length``."""
+        from transformers import CLIPTokenizer
+
+        path, local_only = resolve_pretrained(
+            self.cfg.pretrained_model_name_or_path,
+            f"Stable Diffusion tokenizer ({self.cfg.pretrained_model_name_or_path})",
+            required_file=os.path.join("text_encoder", "config.json"),
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=local_only)
+        return (lambda text: len(tokenizer(text).input_ids)), int(tokenizer.model_max_length)
+
     def encode_prompts(self, prompts: List[str]) -> Float[Tensor, "B 77 D"]:
         return _encode_clip(self.tokenizer, self.text_encoder, prompts, self.device)
 

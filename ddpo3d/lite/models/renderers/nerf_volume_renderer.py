@@ -95,8 +95,10 @@ class NeRFVolumeRenderer(VolumeRenderer):
 
     @property
     def randomized(self) -> bool:
-        """Jittered (stratified) samples in training when ``cfg.randomized``; fixed ones in evaluation."""
-        return self.training and self.cfg.randomized
+        """Stratified jitter of the samples: while training only. Read from ``self.training`` at
+        each call (Lightning >= 2.2 restores train mode after validation by setting the flag, not
+        by calling ``train()``, so a cached value went stale after the first validation)."""
+        return self.training and bool(self.cfg.randomized)
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, rays_o: Tensor, rays_d: Tensor):
