@@ -20,12 +20,13 @@ import torch
 
 from ddpo3d.diffusion.base import NoisePredictor, cfg_combine
 from ddpo3d.objectives.ddpo3d import DDPO3D
+from ddpo3d.objectives.dreamfl import DreamFL
 from ddpo3d.objectives.reward_backprop import RewardBackprop
 from ddpo3d.objectives.sds import SDS, SDSConfig, sample_noise
 from ddpo3d.utils.config import ConfigError, parse_structured, to_primitive
 from ddpo3d.utils.typing import Any, Callable, Dict, Float, Optional, Sequence, Tensor
 
-OBJECTIVES = {"ddpo3d": DDPO3D, "reward-backprop": RewardBackprop, "none": None}
+OBJECTIVES = {"ddpo3d": DDPO3D, "reward-backprop": RewardBackprop, "dreamfl": DreamFL, "none": None}
 
 
 @dataclass
@@ -157,4 +158,6 @@ class RewardGuidedSDS:
                 out.update(stats)
             else:
                 out["loss_reward"] = torch.zeros((), device=x0.device)
+        elif isinstance(self.objective, DreamFL):  # reward on x̂0 / the render, weight matched to loss_sds
+            out.update(self.objective(images, predictor, prompts, reward, x_t, t, eps_sds, out["loss_sds"], eps_c))
         return out
