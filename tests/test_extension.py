@@ -16,7 +16,9 @@ from ddpo3d.testing.tiny_sd import build_tiny_sd_pipeline
 ROOT = Path(__file__).resolve().parents[1]
 # the MVDream (DreamReward) configs need the CPU twin and tiny reward files: tests/test_mvdream.py runs them
 EXT_CONFIGS = sorted(
-    c for c in (ROOT / "custom" / "threestudio-ddpo3d" / "configs").glob("*.yaml") if not c.stem.startswith("dreamreward")
+    c
+    for c in (ROOT / "custom" / "threestudio-ddpo3d" / "configs").glob("*.yaml")
+    if not c.stem.startswith("dreamreward")
 )
 
 

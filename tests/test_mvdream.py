@@ -39,7 +39,9 @@ class Recorder(torch.nn.Module):
         self.calls = []
 
     def apply_model(self, x, t, cond):
-        self.calls.append((x.clone(), t.clone(), {k: (v.clone() if torch.is_tensor(v) else v) for k, v in cond.items()}))
+        self.calls.append(
+            (x.clone(), t.clone(), {k: (v.clone() if torch.is_tensor(v) else v) for k, v in cond.items()})
+        )
         return self.twin.apply_model(x, t, cond)
 
     def __getattr__(self, name):
@@ -147,7 +149,7 @@ def real_mvdream_class():
     import ddpo3d.utils.typing as our_typing
 
     ts = types.ModuleType("threestudio")
-    ts.register = lambda name: (lambda cls: cls)
+    ts.register = lambda name: lambda cls: cls
     ts.info = lambda *a, **k: None
     mods = {
         "threestudio": ts,
@@ -183,6 +185,16 @@ def real_mvdream_class():
     return module.MultiviewDiffusionGuidance
 
 
+def _ext():
+    """The extension's guidance module, loaded the way launch.py loads extensions."""
+    from ddpo3d.host import find, threestudio
+    from launch import default_custom_dirs, load_custom_modules
+
+    if "ddpo3d-mvdream-guidance" not in threestudio.__modules__:
+        load_custom_modules(default_custom_dirs())
+    return sys.modules[find("ddpo3d-mvdream-guidance").__module__]
+
+
 class FakePromptUtils:
     def __init__(self, n=4, seed=0):
         g = torch.Generator().manual_seed(seed)
@@ -213,10 +225,7 @@ def test_loss_sds_matches_threestudio_mvdream(real_mvdream_class, recon):
     threestudio-mvdream's class (objective none) give the same loss_sds and gradient on the renders."""
     from ddpo3d.lite import find
 
-    sys.path.insert(0, str(ROOT / "custom"))
-    from importlib import import_module
-
-    ext = import_module("threestudio-ddpo3d.guidance.ddpo3d_mvdream_guidance")
+    ext = _ext()
     cfg = {**BASE_CFG, "recon_loss": recon}
     real = real_mvdream_class(cfg)
     if not recon:  # threestudio-mvdream's SDS branch reads self.alphas_cumprod, which it never sets
@@ -241,12 +250,9 @@ def test_loss_sds_matches_threestudio_mvdream(real_mvdream_class, recon):
 
 
 def test_subclass_config_keys_and_contracts(real_mvdream_class, tmp_path):
-    sys.path.insert(0, str(ROOT / "custom"))
-    from importlib import import_module
-
     from ddpo3d.testing.tiny_blip import write_tiny_blip_reward
 
-    ext = import_module("threestudio-ddpo3d.guidance.ddpo3d_mvdream_guidance")
+    ext = _ext()
     cls = ext.make_mvdream_guidance(real_mvdream_class)
     base_keys = set(real_mvdream_class.Config.__dataclass_fields__)
     assert base_keys | {"reward", "objective", "reward_prompts", "seed"} == set(cls.Config.__dataclass_fields__)
@@ -265,10 +271,7 @@ def test_subclass_config_keys_and_contracts(real_mvdream_class, tmp_path):
 
 
 def test_reward_prompts_are_view_dependent_even_without_vd_embeddings(real_mvdream_class, tmp_path):
-    sys.path.insert(0, str(ROOT / "custom"))
-    from importlib import import_module
-
-    ext = import_module("threestudio-ddpo3d.guidance.ddpo3d_mvdream_guidance")
+    ext = _ext()
     g = ext.make_mvdream_guidance(real_mvdream_class)({**BASE_CFG, "objective": {"type": "none"}})
     assert g.cfg.view_dependent_prompting is False
     z = torch.zeros(4)
@@ -288,7 +291,14 @@ def test_multiview_datamodule_groups_views():
     from ddpo3d.lite import find
 
     dm = find("mvdream-random-multiview-camera-datamodule")(
-        {"batch_size": 8, "n_view": 4, "width": 8, "height": 8, "fovy_range": [15, 60], "camera_distance_range": [0.8, 1.0]}
+        {
+            "batch_size": 8,
+            "n_view": 4,
+            "width": 8,
+            "height": 8,
+            "fovy_range": [15, 60],
+            "camera_distance_range": [0.8, 1.0],
+        }
     )
     dm.setup("fit")
     b = dm.train_dataset.collate(None)
@@ -304,3 +314,74 @@ def test_multiview_datamodule_groups_views():
         bad = find("mvdream-random-multiview-camera-datamodule")({"batch_size": 6, "n_view": 4})
         bad.setup("fit")
         bad.train_dataset.collate(None)
+
+
+# -- the DreamReward configs, reduced, on the CPU twin ----------------------------------------------------
+from tests.helpers import tiny_sd  # noqa: E402,F401  (fixture)
+
+DREAMREWARD_CONFIGS = sorted((ROOT / "custom" / "threestudio-ddpo3d" / "configs").glob("dreamreward-*.yaml"))
+
+
+def _reduced(tiny_sd_path, reward, root):
+    over = [
+        "system.prompt_processor.prompt=a red cup",
+        f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd_path}",
+        f"system.guidance.model_name={TINY_MVDREAM_NAME}",
+        f"system.guidance.context_dim={D}",
+        "system.guidance.image_size=32",
+        f"system.guidance.reward.checkpoint={reward['checkpoint']}",
+        f"system.guidance.reward.tokenizer={reward['tokenizer']}",
+        "data.batch_size=4",
+        "data.width=32",
+        "data.height=32",
+        "data.resolution_milestones=[]",
+        "data.eval_width=32",
+        "data.eval_height=32",
+        "data.n_val_views=1",
+        "data.n_test_views=2",
+        "system.geometry.pos_encoding_config.n_levels=4",
+        "system.geometry.pos_encoding_config.log2_hashmap_size=12",
+        "system.renderer.num_samples_per_ray=16",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=2",
+        "trainer.precision=32",
+        "trainer.enable_progress_bar=false",
+        f"exp_root_dir={root}",
+        "use_timestamp=false",
+        "tag=reduced",
+    ]
+    over += [f"system.guidance.reward.backbone.{k}={v}" for k, v in reward["backbone"].items()]
+    return over
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", DREAMREWARD_CONFIGS, ids=[c.stem for c in DREAMREWARD_CONFIGS])
+def test_dreamreward_config_trains_reduced_on_the_twin(config, tiny_sd, tmp_path):
+    import csv
+    import math
+
+    from ddpo3d.testing.tiny_blip import write_tiny_blip_reward
+    from launch import main
+
+    reward = write_tiny_blip_reward(str(tmp_path / "reward"), "reward3d", "Reward3D_Scorer")
+    extra = []
+    if "dreamfl" in config.stem:  # reach the reward term, the x̂0 branch and the reward-only tail in 3 steps
+        extra = [
+            "system.guidance.objective.start_step=0",
+            "system.guidance.objective.x0_t_max=1000",
+            "system.guidance.objective.tail_step=1",
+        ]
+    assert main(["--config", str(config), "--train", *_reduced(tiny_sd, reward, tmp_path), *extra]) == 0
+    trial = next(tmp_path.glob("*/reduced"))
+    assert (trial / "ckpts" / "last.ckpt").is_file()
+    rows = {}
+    with open(next(trial.glob("csv_logs/*/metrics.csv"))) as f:
+        for r in csv.DictReader(f):
+            for k, v in r.items():
+                if v not in ("", None):
+                    rows.setdefault(k, []).append(float(v))
+    term = "train/loss_dreamfl" if "dreamfl" in config.stem else "train/loss_ddpo"
+    for key in ("train/loss_sds", term, "train/reward_mean"):
+        assert key in rows and all(math.isfinite(v) for v in rows[key]), sorted(rows)
+    if "dreamfl" in config.stem:
+        assert rows["train/dreamfl_tail"][-1] == 1.0 and rows["train/loss_sds"][-1] == 0.0
