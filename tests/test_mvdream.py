@@ -385,3 +385,11 @@ def test_dreamreward_config_trains_reduced_on_the_twin(config, tiny_sd, tmp_path
         assert key in rows and all(math.isfinite(v) for v in rows[key]), sorted(rows)
     if "dreamfl" in config.stem:
         assert rows["train/dreamfl_tail"][-1] == 1.0 and rows["train/loss_sds"][-1] == 0.0
+
+
+def test_lazy_registration_explains_what_is_missing(monkeypatch):
+    """On a threestudio host without threestudio-mvdream the registered class says what to install."""
+    ext = _ext()
+    monkeypatch.setattr(ext, "mvdream_base", lambda: None)
+    with pytest.raises(ImportError, match="threestudio-mvdream.*mvdream.*sd-v2.1-base-4view"):
+        ext.LazyMVDreamGuidance({})
