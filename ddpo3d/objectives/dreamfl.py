@@ -1,7 +1,8 @@
 """DreamFL: DreamReward's reward feedback on top of SDS, as its released code does it.
 
 Ye et al., "DreamReward: Text-to-3D Generation with Human Preference" (ECCV 2024, arXiv
-2403.14613), Sec. 4 (Reward3D Feedback Learning). The paper's Eq. 8 writes the update as
+2403.14613), the DreamFL section (Reward3D Feedback Learning). Its final update (the DreamFL
+gradient) reads
 
     ∇_θ L_DreamFL = E_{t,ε}[ w(t)(ε̂(x_t; y, t) - ε) ∂x/∂θ ]  +  λ ∇_θ ψ(Reward3D(x̂, y)),
 
@@ -21,7 +22,7 @@ per step as (``r`` = the reward, one per object, ``c`` = ``hinge``)::
   ``recon_std_rescale``); the "straight-through" image has the value of the decoded x̂0 and the
   gradient of the render (the reward sees a denoised image, the render gets the gradient).
 * ``digits(x)`` is the number of digits of the integer part of ``|x|`` (1 below 1), so the
-  reward term is brought to the order of magnitude of ``loss_sds`` before ``factor`` (λ in Eq. 8)
+  reward term is brought to the order of magnitude of ``loss_sds`` before ``factor`` (λ in that equation)
   scales it. DreamReward computes it with ``len(str(x).split('.')[0])``, which agrees except
   for values Python prints in scientific notation (below 1e-4 or from 1e16 on).
 * ``step`` is the trainer's global step (``update_step``), not a call counter as in the release
@@ -71,7 +72,7 @@ class DreamFLConfig:
 
     preset: Optional[str] = None  # guidance1 | guidance2: DreamReward's released constants; explicit keys win
     start_step: int = 6000  # global step from which the reward term is added (inclusive)
-    factor: float = 0.6  # λ of Eq. 8: multiplies the magnitude-matched reward loss
+    factor: float = 0.6  # λ of the DreamFL update: multiplies the magnitude-matched reward loss
     hinge: float = 4.0  # c in relu(c - r): rewards above c give no gradient
     x0_t_max: int = 100  # t <= this: the reward sees the decoded one-step x̂0 (straight-through); else the render
     x0_std_rescale: float = 0.0  # MVDream recon_std_rescale applied to x̂0 (0 = plain x̂0 from the guided ε̂)
