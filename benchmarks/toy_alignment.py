@@ -48,6 +48,7 @@ def methods_for(reward: str) -> list:
                 ],
             )
         )
+        out.append(("dreamfl", "dreamfl-brightness.yaml", []))  # DreamReward's reward feedback (differentiable)
     for target, jac in DDPO_METHODS:
         label = f"ddpo3d {target}{' +jacobian' if jac else ''}"
         over = [

@@ -14,7 +14,12 @@ from ddpo3d.testing.tiny_if import build_tiny_if_pipeline
 from ddpo3d.testing.tiny_sd import build_tiny_sd_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-EXT_CONFIGS = sorted((ROOT / "custom" / "threestudio-ddpo3d" / "configs").glob("*.yaml"))
+# the MVDream (DreamReward) configs need the CPU twin and tiny reward files: tests/test_mvdream.py runs them
+EXT_CONFIGS = sorted(
+    c
+    for c in (ROOT / "custom" / "threestudio-ddpo3d" / "configs").glob("*.yaml")
+    if not c.stem.startswith("dreamreward")
+)
 REWARD_BLOCKS = ROOT / "custom" / "threestudio-ddpo3d" / "configs" / "rewards"
 
 
@@ -326,7 +331,7 @@ def test_reward_blocks_merge_into_the_stock_config(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("block", sorted(REWARD_BLOCKS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_reward_block_builds(block, tiny):
+def test_every_reward_block_builds(block, tiny, tmp_path):
     """Each block's reward section builds (CLIP-based ones on the tiny CLIP, as the real ones need weights)."""
     from omegaconf import OmegaConf
 
@@ -343,14 +348,21 @@ def test_every_reward_block_builds(block, tiny):
         if isinstance(OmegaConf.to_container(reward), list)
         else [OmegaConf.to_container(reward)]
     )
+    batch = 2
     for term in terms:
+        if term["type"] in ("imagereward", "reward3d"):  # the tiny BLIP files in the published key layout
+            from ddpo3d.testing.tiny_blip import write_tiny_blip_reward
+
+            tiny_blip = write_tiny_blip_reward(str(tmp_path), term["type"], term.get("variant", "Reward3D_Scorer"))
+            term.update({k: v for k, v in tiny_blip.items() if k != "type"})
+            batch = 4  # reward3d scores objects of 4 views
         if term["type"] in ("aesthetic", "clip-score"):
             term.update(clip_model=TINY_CLIP_NAME, clip_pretrained=None, allow_random_init=True)
             if term["type"] == "aesthetic":
                 term["head_path"] = tiny["head"]
     r = build_reward(terms if len(terms) > 1 else terms[0])
-    scores = r(torch.rand(2, 32, 32, 3), ["a hamburger", "a hamburger"])
-    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    scores = r(torch.rand(batch, 32, 32, 3), ["a hamburger"] * batch)
+    assert scores.shape == (batch,) and torch.isfinite(scores).all()
 
 
 def _real_weights_available() -> bool:

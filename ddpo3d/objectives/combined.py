@@ -44,14 +44,17 @@ import torch
 
 from ddpo3d.diffusion.base import NoisePredictor, cfg_combine
 from ddpo3d.objectives.ddpo3d import DDPO3D
+from ddpo3d.objectives.dreamfl import DreamFL
 from ddpo3d.objectives.reward_backprop import RewardBackprop
 from ddpo3d.objectives.sds import SDS, SDSConfig, sample_noise
 from ddpo3d.utils.config import ConfigError, parse_structured, to_primitive
 from ddpo3d.utils.typing import Any, Callable, Dict, Float, Optional, Sequence, Tensor, Tuple
 
-OBJECTIVES = {"ddpo3d": DDPO3D, "reward-backprop": RewardBackprop, "none": None}
+OBJECTIVES = {"ddpo3d": DDPO3D, "reward-backprop": RewardBackprop, "dreamfl": DreamFL, "none": None}
 STRENGTH_MODES = ("ratio", "lambda")
 DEFAULT_GRAD_RATIO = 0.3
+#: objectives that set their own magnitude (DreamFL matches loss_sds's order of magnitude): plain λ by default
+OWN_MAGNITUDE = ("dreamfl",)
 
 
 @dataclass
@@ -75,7 +78,8 @@ def build_objective(block: Any) -> Tuple[Any, Strength]:
     kind = block.pop("type", "none")
     if kind not in OBJECTIVES:
         raise ConfigError(f"Unknown objective type {kind!r}: use one of {sorted(OBJECTIVES)}")
-    strength = Strength(block.pop("strength_mode", "ratio"), float(block.pop("grad_ratio", DEFAULT_GRAD_RATIO)))
+    default_mode = "lambda" if kind in OWN_MAGNITUDE else "ratio"
+    strength = Strength(block.pop("strength_mode", default_mode), float(block.pop("grad_ratio", DEFAULT_GRAD_RATIO)))
     if strength.mode not in STRENGTH_MODES:
         raise ConfigError(f"objective.strength_mode must be one of {STRENGTH_MODES}, got {strength.mode!r}")
     if not strength.grad_ratio >= 0:
@@ -166,6 +170,23 @@ class RewardGuidedSDS:
             self.objective.load_state_dict(state["objective"])
         if "policy_rng" in state and generator is not None:
             self.policy_generator(generator).set_state(state["policy_rng"])
+
+    def _at_render(self, loss: Tensor, images: Tensor, x0: Tensor, sds_x0_grad: Tensor, out: Dict[str, Any]) -> Tensor:
+        """A render-space term (reward-backprop, DreamFL) with its gradient set by ``self.strength``.
+
+        SDS's x_0 gradient is pulled back to the render with one vector-Jacobian product through
+        the encoder (x0 = encode(images)); the ratios are logged into ``out``.
+        """
+        if not (torch.is_grad_enabled() and images.requires_grad and loss.requires_grad):
+            return loss
+        (g,) = torch.autograd.grad(loss, images, retain_graph=True)
+        s = None
+        if x0.requires_grad:
+            (s,) = torch.autograd.grad(x0, images, sds_x0_grad, retain_graph=True, allow_unused=True)
+        if s is not None:
+            g, ratios = rescale(g, s, self.strength)
+            out.update(ratios)
+        return inject(images, g, loss)
 
     def __call__(
         self,
@@ -266,18 +287,12 @@ class RewardGuidedSDS:
             out.update(res.diagnostics)
         elif isinstance(self.objective, RewardBackprop):
             loss, stats = self.objective(images, prompts, reward)
-            if torch.is_grad_enabled() and images.requires_grad and loss.requires_grad:
-                (g,) = torch.autograd.grad(loss, images)
-                # SDS's gradient at the render: one VJP of the encoder (x0 = encode(images))
-                s = None
-                if x0.requires_grad:
-                    (s,) = torch.autograd.grad(x0, images, sds_x0_grad, retain_graph=True, allow_unused=True)
-                if s is not None:
-                    g, ratios = rescale(g, s, self.strength)
-                    out.update(ratios)
-                loss = inject(images, g, loss)
-            out["loss_reward"] = loss
+            out["loss_reward"] = self._at_render(loss, images, x0, sds_x0_grad, out)
             out.update(stats)
+        elif isinstance(self.objective, DreamFL):  # reward on x̂0 / the render, weight matched to loss_sds
+            res = self.objective(images, predictor, prompts, reward, x_t, t, eps_sds, out["loss_sds"], eps_c)
+            res["loss_dreamfl"] = self._at_render(res["loss_dreamfl"], images, x0, sds_x0_grad, out)
+            out.update(res)
         else:
             out["align_to_sds_grad_ratio"] = 0.0
         return out

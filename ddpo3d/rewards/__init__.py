@@ -5,14 +5,14 @@
 >>> reward.name, reward.differentiable
 ('jpeg-compressibility', False)
 
-Registered types: ``aesthetic``, ``brightness``, ``clip-score``, ``jpeg-compressibility``,
-``jpeg-incompressibility``, ``python``. A list of blocks builds a weighted sum
+Registered types: ``aesthetic``, ``brightness``, ``clip-score``, ``imagereward``,
+``jpeg-compressibility``, ``jpeg-incompressibility``, ``python``, ``reward3d``. A list of blocks builds a weighted sum
 (:class:`CompositeReward`). Importing this package is cheap: open_clip and weights are only
 touched when a CLIP-based reward is built.
 """
 
 # Each module registers its reward type(s) on import.
-from ddpo3d.rewards import aesthetic, brightness, clip_score, jpeg, python_fn  # noqa: F401,E402
+from ddpo3d.rewards import aesthetic, brightness, clip_score, imagereward, jpeg, python_fn, reward3d  # noqa: F401,E402
 from ddpo3d.rewards.base import RANGE_TOLERANCE, Reward, RewardOutput, validate_inputs
 from ddpo3d.rewards.composite import CompositeReward
 from ddpo3d.rewards.python_fn import RewardTargetImportError  # noqa: E402

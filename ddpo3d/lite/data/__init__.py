@@ -1,1 +1,4 @@
-from ddpo3d.lite.data import uncond  # noqa: F401
+from ddpo3d.lite.data import (
+    uncond,  # noqa: F401
+    uncond_multiview,  # noqa: F401
+)
