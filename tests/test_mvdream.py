@@ -7,6 +7,7 @@ import os
 import sys
 import types
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -200,12 +201,17 @@ class FakePromptUtils:
         g = torch.Generator().manual_seed(seed)
         self.emb = torch.randn(2 * n, 6, D, generator=g)
         self.prompt = "a red cup"
+        # threestudio's view-dependent prompt API: later directions override earlier ones
+        odd = lambda ele, azi, dis: torch.arange(len(ele)) % 2 == 1
+        self.directions = [
+            SimpleNamespace(name="front", condition=lambda ele, azi, dis: torch.ones(len(ele), dtype=torch.bool)),
+            SimpleNamespace(name="side", condition=odd),
+        ]
+        self.direction2idx = {"front": 0, "side": 1}
+        self.prompts_vd = [f"{self.prompt}, front view", f"{self.prompt}, side view"]
 
     def get_text_embeddings(self, elevation, azimuth, camera_distances, view_dependent_prompting=True):
         return self.emb
-
-    def get_prompts(self, elevation, azimuth, camera_distances, view_dependent=True):
-        return [f"{self.prompt}, {'side' if i % 2 else 'front'} view" for i in range(len(elevation))]
 
 
 BASE_CFG = {"model_name": "sd-v2.1-base-4view", "image_size": 32, "guidance_scale": 50.0}

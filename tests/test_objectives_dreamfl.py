@@ -55,7 +55,8 @@ def test_defaults_are_guidance1_and_presets_apply():
         DreamFL({"preset": "guidance3"})
     with pytest.raises(ConfigError, match="hing"):
         DreamFL({"hing": 3})
-    assert isinstance(build_objective({"type": "dreamfl"}), DreamFL)
+    objective, strength = build_objective({"type": "dreamfl"})
+    assert isinstance(objective, DreamFL) and strength.mode == "lambda"  # it matches loss_sds's magnitude itself
 
 
 def _setup(B=4, seed=0):

@@ -88,7 +88,7 @@ def make_mvdream_guidance(base: Any) -> type:
             elevation,
             azimuth,
             camera_distances,
-            c2w,
+            c2w=None,
             rgb_as_latents: bool = False,
             fovy=None,
             timestep=None,
@@ -113,20 +113,27 @@ def make_mvdream_guidance(base: Any) -> type:
                     f"ddpo3d-mvdream-guidance: batch of {rgb.shape[0]} renders is not a multiple of "
                     f"n_view={self.cfg.n_view} (set data.batch_size to a multiple of data.n_view)"
                 )
-            cond_emb, uncond_emb, prompts = self.text_conditions(
-                prompt_utils, elevation, azimuth, camera_distances, False, guidance_eval
-            )
+            return super().__call__(
+                rgb, prompt_utils, elevation, azimuth, camera_distances, guidance_eval=guidance_eval, c2w=c2w,
+                fovy=fovy, **kwargs,
+            )  # fmt: skip
+
+        def conditions(self, rgb, prompt_utils, elevation, azimuth, camera_distances, c2w=None, fovy=None, **batch):
+            """Text embeddings plus MVDream's camera condition, as (cond, uncond) dicts."""
+            cond_emb, uncond_emb = super().conditions(rgb, prompt_utils, elevation, azimuth, camera_distances)
             camera = None if c2w is None else self.get_camera_cond(c2w.clone(), fovy)  # MVDream writes in place
-            cond = {"context": cond_emb, "camera": camera}
-            uncond = {"context": uncond_emb, "camera": camera}
-            x = F.interpolate(
-                rgb.permute(0, 3, 1, 2),
-                (self.cfg.image_size, self.cfg.image_size),
-                mode="bilinear",
-                align_corners=False,
-            )
-            x0 = self.encode_images(x)
-            return self.align(rgb, self.predictor, cond, uncond, prompts, x0=x0)
+            return {"context": cond_emb, "camera": camera}, {"context": uncond_emb, "camera": camera}
+
+        def model_input(self, rgb, rgb_as_latents):
+            """The render resized to MVDream's ``image_size`` and encoded (the reward scores the render)."""
+            size = (self.cfg.image_size, self.cfg.image_size)
+            x = F.interpolate(rgb.permute(0, 3, 1, 2), size, mode="bilinear", align_corners=False)
+            return self.encode_images(x), rgb
+
+        def t_range(self):
+            """None: MVDream needs one t per batch, which the objective's MVDream SDS draws from the same
+            ``min_step_percent`` / ``max_step_percent`` schedule (the host's per-view range would not)."""
+            return None
 
         def reward_prompts_for(self, prompt_utils, elevation, azimuth, camera_distances):
             """View-dependent reward prompts even when MVDream's text embeddings are not (as DreamReward)."""
