@@ -20,12 +20,14 @@ import torch
 
 from ddpo3d.diffusion.base import NoisePredictor, cfg_combine
 from ddpo3d.objectives.ddpo3d import DDPO3D
+from ddpo3d.objectives.interface import SDSTerm, StepContext, run_term  # SDS-family terms
 from ddpo3d.objectives.reward_backprop import RewardBackprop
 from ddpo3d.objectives.sds import SDS, SDSConfig, sample_noise
+from ddpo3d.objectives.terms import SDS_TERMS
 from ddpo3d.utils.config import ConfigError, parse_structured, to_primitive
 from ddpo3d.utils.typing import Any, Callable, Dict, Float, Optional, Sequence, Tensor
 
-OBJECTIVES = {"ddpo3d": DDPO3D, "reward-backprop": RewardBackprop, "none": None}
+OBJECTIVES = {"ddpo3d": DDPO3D, "reward-backprop": RewardBackprop, "none": None, **SDS_TERMS}
 
 
 @dataclass
@@ -157,4 +159,23 @@ class RewardGuidedSDS:
                 out.update(stats)
             else:
                 out["loss_reward"] = torch.zeros((), device=x0.device)
+        elif isinstance(self.objective, SDSTerm):  # reward-tilted | reward-sds | dreamdpo
+            ctx = StepContext(
+                x0=x0,
+                predictor=predictor,
+                cond=cond,
+                uncond=uncond,
+                t=t,
+                noise=noise,
+                eps_pred=eps_sds,
+                eps_cond=eps_c.detach(),
+                guidance_scale=self.sds.cfg.guidance_scale,
+                w=sds_out.w,
+                grad_clip=self.sds.grad_clip_val,
+                prompts=prompts,
+                reward=reward,
+                generator=generator,
+                images=images,
+            )
+            out.update(run_term(self.objective, ctx))
         return out
