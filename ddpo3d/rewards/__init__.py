@@ -12,7 +12,14 @@ touched when a CLIP-based reward is built.
 """
 
 # Each module registers its reward type(s) on import.
-from ddpo3d.rewards import aesthetic, brightness, clip_score, jpeg, python_fn  # noqa: F401,E402
+from ddpo3d.rewards import (  # noqa: F401,E402
+    aesthetic,
+    brightness,
+    clip_score,
+    hpsv2,  # noqa: F401,E402
+    jpeg,
+    python_fn,
+)
 from ddpo3d.rewards.base import RANGE_TOLERANCE, Reward, RewardOutput, validate_inputs
 from ddpo3d.rewards.composite import CompositeReward
 from ddpo3d.rewards.python_fn import RewardTargetImportError  # noqa: E402
