@@ -16,8 +16,9 @@ from ddpo3d.rewards import (  # noqa: F401,E402
     aesthetic,
     brightness,
     clip_score,
-    hpsv2,  # noqa: F401,E402
+    hpsv2,
     jpeg,
+    pickscore,
     python_fn,
 )
 from ddpo3d.rewards.base import RANGE_TOLERANCE, Reward, RewardOutput, validate_inputs
