@@ -5,8 +5,8 @@
 >>> reward.name, reward.differentiable
 ('jpeg-compressibility', False)
 
-Registered types: ``aesthetic``, ``brightness``, ``clip-score``, ``jpeg-compressibility``,
-``jpeg-incompressibility``, ``python``. A list of blocks builds a weighted sum
+Registered types: ``aesthetic``, ``brightness``, ``clip-score``, ``hpsv2``, ``jpeg-compressibility``,
+``jpeg-incompressibility``, ``normal-consistency``, ``pickscore``, ``python``. A list of blocks builds a weighted sum
 (:class:`CompositeReward`). Importing this package is cheap: open_clip and weights are only
 touched when a CLIP-based reward is built.
 """
@@ -18,6 +18,7 @@ from ddpo3d.rewards import (  # noqa: F401,E402
     clip_score,
     hpsv2,
     jpeg,
+    normal_consistency,
     pickscore,
     python_fn,
 )
