@@ -277,12 +277,13 @@ def test_every_reward_block_builds(block, tiny):
     """Each block's reward section builds (CLIP-based ones on the tiny CLIP, as the real ones need weights)."""
     from omegaconf import OmegaConf
 
+    from ddpo3d.objectives.combined import OBJECTIVES
     from ddpo3d.rewards import build_reward
 
     reward = OmegaConf.select(OmegaConf.load(block), "system.guidance.reward")
     if reward is None:  # an objective block: it must carry an objective and its loss weight
         cfg = OmegaConf.load(block)
-        assert cfg.system.guidance.objective.type in ("ddpo3d", "reward-backprop")
+        assert cfg.system.guidance.objective.type in OBJECTIVES and cfg.system.guidance.objective.type != "none"
         assert any(k.startswith("lambda_") for k in cfg.system.loss)
         return
     terms = (
