@@ -177,3 +177,29 @@ def test_beta_zero_and_start_step_are_plain_sds():
     obj.update_step(0, 5)
     out = obj(img, prior, m[:, None], None, None, LogLinearReward(u), generator=torch.Generator().manual_seed(0))
     assert float(out["loss_tilt"].detach()) > 0 and out["tilt_grad_norm"] > 0
+
+
+def test_run_term_rescales_additive_terms_only():
+    from ddpo3d.objectives.dreamdpo import DreamDPO
+    from ddpo3d.objectives.interface import run_term
+
+    prior = AnalyticGaussianPrior(sigma_data=0.5, clamp_decode=False)
+    m, u, x0_1 = setup(5)
+    calls = []
+
+    def halve(grad, sds_grad):
+        calls.append(sds_grad)
+        return grad * 0.5, {"scaled": 1.0}
+
+    ctx = context(prior, x0_1, m, LogLinearReward(u), 400, 3, seed=0)
+    sds_grad = ctx.w * (ctx.eps_pred - ctx.noise)
+    tilt = RewardTilted({"scaling": "none"})
+    plain = run_term(tilt, ctx)
+    scaled = run_term(tilt, ctx, rescale=halve, sds_grad=sds_grad)
+    assert torch.allclose(scaled["loss_tilt"], 0.25 * plain["loss_tilt"]) and scaled["scaled"] == 1.0
+    assert len(calls) == 1 and calls[0] is sds_grad
+    dpo_ctx = context(prior, x0_1, m, LogLinearReward(u), 400, 3, seed=0)
+    out = run_term(DreamDPO({}), dpo_ctx, rescale=halve, sds_grad=sds_grad)
+    assert "scaled" not in out and len(calls) == 1  # replacing terms are never rescaled
+    with pytest.raises(ValueError, match="needs a reward"):
+        run_term(tilt, context(prior, x0_1, m, None, 400, 3, seed=0))

@@ -7,8 +7,9 @@ the policy uses it (at its own CFG scale if configured) for its mean and log-pro
 Config (a guidance block): the SDS keys of :class:`ddpo3d.objectives.sds.SDSConfig` plus
 
     objective:
-      type: ddpo3d | reward-backprop | none
-      ...   # the chosen objective's keys (DDPO3DConfig / RewardBackpropConfig)
+      type: ddpo3d | reward-backprop | none | reward-tilted | reward-sds | dreamdpo
+      ...   # the chosen objective's keys (DDPO3DConfig / RewardBackpropConfig / the SDS-family
+            # terms' configs, ddpo3d.objectives.interface)
 """
 
 from __future__ import annotations
