@@ -296,6 +296,12 @@ def test_every_reward_block_builds(block, tiny):
             term.update(clip_model=TINY_CLIP_NAME, clip_pretrained=None, allow_random_init=True)
             if term["type"] == "aesthetic":
                 term["head_path"] = tiny["head"]
+        elif term["type"] == "hpsv2":
+            term.update(clip_model=TINY_CLIP_NAME, allow_random_init=True)
+        elif term["type"] == "pickscore":
+            from ddpo3d.testing.tiny_pickscore import write_tiny_pickscore
+
+            term["model"] = write_tiny_pickscore(str(Path(tiny["head"]).parent / "tiny-pickscore"))
     r = build_reward(terms if len(terms) > 1 else terms[0])
     scores = r(torch.rand(2, 32, 32, 3), ["a hamburger", "a hamburger"])
     assert scores.shape == (2,) and torch.isfinite(scores).all()

@@ -1,46 +1,25 @@
 """pickscore on a tiny transformers CLIPModel built from a config (real key layout), offline."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import fake_hf_file
 
 from ddpo3d.rewards import WeightsNotFoundError, build_reward
 from ddpo3d.rewards.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_preprocess
+from ddpo3d.testing.tiny_pickscore import build_tiny_pickscore, write_tiny_pickscore
 
 PROMPTS = ["a red car", "a blue house and a long garden path", "a tree"]
 
 
 def tiny_clip_model(seed=0):
-    from transformers import CLIPConfig, CLIPModel
-
-    text = {
-        "vocab_size": 49408,
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "max_position_embeddings": 77,
-        "eos_token_id": 49407,
-        "bos_token_id": 49406,
-        "pad_token_id": 49407,
-    }
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 64,
-        "patch_size": 16,
-    }
-    torch.manual_seed(seed)
-    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    return build_tiny_pickscore(seed)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pickscore")
-    tiny_clip_model(3).save_pretrained(path)
-    return path
+    return Path(write_tiny_pickscore(str(tmp_path_factory.mktemp("pickscore")), seed=3))
 
 
 @pytest.fixture
