@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ddpo3d.rewards.base import Reward, validate_inputs
+from ddpo3d.rewards.base import Reward, RewardOutput, validate_inputs
 from ddpo3d.rewards.registry import register_reward
 from ddpo3d.utils.config import ConfigError
 from ddpo3d.utils.typing import Any, Dict, Float, List, Optional, Sequence, Tensor
@@ -104,7 +104,8 @@ class NormalConsistencyReward(Reward):
             if "comp_normal" in missing:
                 hint = (
                     " (the renderer produced no normals: set system.geometry.normal_type, e.g. 'analytic' or "
-                    "'finite_difference'; the Gaussian splat renderer has none)"
+                    "'finite_difference', and a material that requests them, e.g. system.material.requires_normal: "
+                    "true; the Gaussian splat renderer has none)"
                 )
             raise ValueError(f"reward {self.name!r}: render_out lacks {missing}{hint}")
         out = {k: render_out[k] for k in REQUIRED_KEYS}
@@ -127,6 +128,16 @@ class NormalConsistencyReward(Reward):
         prompts = validate_inputs(images, prompts, where=f"reward {self.name!r}")
         ro = self.check_render_out(render_out, images.shape[0])
         return self._check_scores(self.consistency(**ro), images)
+
+    def evaluate(
+        self,
+        images: Float[Tensor, "B H W 3"],
+        prompts: Sequence[str],
+        render_out: Optional[Dict[str, Any]] = None,
+    ) -> RewardOutput:
+        """:meth:`Reward.evaluate` with the renderer outputs (see :meth:`forward`)."""
+        scores = self.forward(images, prompts, render_out=render_out)
+        return RewardOutput(scores, {self.name: scores})
 
     def score(self, images: Float[Tensor, "B H W 3"], prompts: List[str]) -> Float[Tensor, " B"]:
         self.check_render_out(None, images.shape[0])  # raises: this reward needs render_out
