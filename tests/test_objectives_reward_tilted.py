@@ -203,3 +203,13 @@ def test_run_term_rescales_additive_terms_only():
     assert "scaled" not in out and len(calls) == 1  # replacing terms are never rescaled
     with pytest.raises(ValueError, match="needs a reward"):
         run_term(tilt, context(prior, x0_1, m, None, 400, 3, seed=0))
+
+
+def test_strength_keys_name_real_options():
+    from ddpo3d.objectives.terms import SDS_TERMS
+
+    for kind, cls in SDS_TERMS.items():
+        if cls.replaces_sds:
+            assert cls.strength_key is None, kind
+        else:
+            assert cls.strength_key in cls.Config.__dataclass_fields__, kind

@@ -28,6 +28,11 @@ Two kinds of terms:
   A per-view rescale relative to SDS's gradient (a "strength ratio") is meaningless for them;
   :func:`run_term` skips ``rescale`` for replacing terms.
 
+Strength (for sweeps such as a reward-vs-fidelity Pareto benchmark): an additive term names its
+strength option in ``strength_key`` (``reward-tilted``: ``beta``); its loss weight ``lambda_<x>``
+scales it the same way. A replacing term has no such knob (``strength_key = None``): sweep the mix
+``lambda_sds = 1 - s, lambda_<x> = s`` for s in [0, 1], from plain SDS (s = 0) to the method (s = 1).
+
 A term needs the reward's values (``reward(images, prompts) -> Float[N]``) on decoded one-step
 predictions x̂_0; ``reward-tilted`` also needs its gradient (``reward.differentiable``).
 """
@@ -134,6 +139,7 @@ class SDSTerm:
 
     loss_name: str = ""
     replaces_sds: bool = False
+    strength_key: Optional[str] = None
     needs_reward: bool = True
     global_step: int = 0
 

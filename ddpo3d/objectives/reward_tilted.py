@@ -74,6 +74,7 @@ class RewardTilted(SDSTerm):
     Config = RewardTiltedConfig
     loss_name = "tilt"
     replaces_sds = False
+    strength_key = "beta"
 
     def __init__(self, cfg: Any = None):
         if isinstance(cfg, RewardTiltedConfig):
