@@ -335,12 +335,13 @@ def test_every_reward_block_builds(block, tiny, tmp_path):
     """Each block's reward section builds (CLIP-based ones on the tiny CLIP, as the real ones need weights)."""
     from omegaconf import OmegaConf
 
+    from ddpo3d.objectives.combined import OBJECTIVES
     from ddpo3d.rewards import build_reward
 
     reward = OmegaConf.select(OmegaConf.load(block), "system.guidance.reward")
     if reward is None:  # an objective block: it must carry an objective and its loss weight
         cfg = OmegaConf.load(block)
-        assert cfg.system.guidance.objective.type in ("ddpo3d", "reward-backprop")
+        assert cfg.system.guidance.objective.type in OBJECTIVES and cfg.system.guidance.objective.type != "none"
         assert any(k.startswith("lambda_") for k in cfg.system.loss)
         return
     terms = (
@@ -360,6 +361,12 @@ def test_every_reward_block_builds(block, tiny, tmp_path):
             term.update(clip_model=TINY_CLIP_NAME, clip_pretrained=None, allow_random_init=True)
             if term["type"] == "aesthetic":
                 term["head_path"] = tiny["head"]
+        elif term["type"] == "hpsv2":
+            term.update(clip_model=TINY_CLIP_NAME, allow_random_init=True)
+        elif term["type"] == "pickscore":
+            from ddpo3d.testing.tiny_pickscore import write_tiny_pickscore
+
+            term["model"] = write_tiny_pickscore(str(Path(tiny["head"]).parent / "tiny-pickscore"))
     r = build_reward(terms if len(terms) > 1 else terms[0])
     scores = r(torch.rand(batch, 32, 32, 3), ["a hamburger"] * batch)
     assert scores.shape == (batch,) and torch.isfinite(scores).all()

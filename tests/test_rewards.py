@@ -55,7 +55,8 @@ def test_import_is_light_and_threestudio_free():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == (
-        "aesthetic,brightness,clip-score,imagereward,jpeg-compressibility,jpeg-incompressibility,python,reward3d"
+        "aesthetic,brightness,clip-score,hpsv2,imagereward,jpeg-compressibility,jpeg-incompressibility,"
+        "normal-consistency,pickscore,python,reward3d"
     )
 
 

@@ -29,10 +29,11 @@ estimate of a fixed objective's gradient, like any normalised-gradient method).
 Config (a guidance block): the SDS keys of :class:`ddpo3d.objectives.sds.SDSConfig` plus
 
     objective:
-      type: ddpo3d | reward-backprop | none
+      type: ddpo3d | reward-backprop | dreamfl | reward-tilted | reward-sds | dreamdpo | none
       strength_mode: ratio | lambda
       grad_ratio: 0.3
-      ...   # the chosen objective's keys (DDPO3DConfig / RewardBackpropConfig)
+      ...   # the chosen objective's keys (DDPO3DConfig / RewardBackpropConfig / DreamFLConfig / the
+            # SDS-family terms' configs, ddpo3d.objectives.interface)
 """
 
 from __future__ import annotations
@@ -45,16 +46,19 @@ import torch
 from ddpo3d.diffusion.base import NoisePredictor, cfg_combine
 from ddpo3d.objectives.ddpo3d import DDPO3D
 from ddpo3d.objectives.dreamfl import DreamFL
+from ddpo3d.objectives.interface import SDSTerm, StepContext, run_term  # SDS-family terms
 from ddpo3d.objectives.reward_backprop import RewardBackprop
 from ddpo3d.objectives.sds import SDS, SDSConfig, sample_noise
+from ddpo3d.objectives.terms import SDS_TERMS
 from ddpo3d.utils.config import ConfigError, parse_structured, to_primitive
 from ddpo3d.utils.typing import Any, Callable, Dict, Float, Optional, Sequence, Tensor, Tuple
 
-OBJECTIVES = {"ddpo3d": DDPO3D, "reward-backprop": RewardBackprop, "dreamfl": DreamFL, "none": None}
+OBJECTIVES = {"ddpo3d": DDPO3D, "reward-backprop": RewardBackprop, "dreamfl": DreamFL, "none": None, **SDS_TERMS}
 STRENGTH_MODES = ("ratio", "lambda")
 DEFAULT_GRAD_RATIO = 0.3
-#: objectives that set their own magnitude (DreamFL matches loss_sds's order of magnitude): plain λ by default
-OWN_MAGNITUDE = ("dreamfl",)
+#: objectives that set their own magnitude (DreamFL matches loss_sds's order of magnitude; the SDS-family
+#: terms have β or replace SDS): plain λ by default, ``strength_mode: ratio`` on request
+OWN_MAGNITUDE = ("dreamfl", *SDS_TERMS)
 
 
 @dataclass
@@ -293,6 +297,25 @@ class RewardGuidedSDS:
             res = self.objective(images, predictor, prompts, reward, x_t, t, eps_sds, out["loss_sds"], eps_c)
             res["loss_dreamfl"] = self._at_render(res["loss_dreamfl"], images, x0, sds_x0_grad, out)
             out.update(res)
+        elif isinstance(self.objective, SDSTerm):  # reward-tilted | reward-sds | dreamdpo
+            ctx = StepContext(
+                x0=x0,
+                predictor=predictor,
+                cond=cond,
+                uncond=uncond,
+                t=t,
+                noise=noise,
+                eps_pred=eps_sds,
+                eps_cond=eps_c.detach(),
+                guidance_scale=self.sds.cfg.guidance_scale,
+                w=sds_out.w,
+                grad_clip=self.sds.grad_clip_val,
+                prompts=prompts,
+                reward=reward,
+                generator=self.policy_generator(generator),  # extra draws leave SDS's t and ε unchanged
+                images=images,
+            )
+            out.update(run_term(self.objective, ctx, lambda g, s: rescale(g, s, self.strength), sds_x0_grad))
         else:
             out["align_to_sds_grad_ratio"] = 0.0
         return out

@@ -110,8 +110,10 @@ class DDPO3DSystem(*_BASES):
         scores: Dict[str, float] = {}
         reward = self.eval_reward()
         if reward is not None:
+            # geometry rewards (needs_render_out, e.g. normal-consistency) also get the render and the rays
+            extra = {"render_out": {**batch, **out}} if getattr(reward, "needs_render_out", False) else {}
             with torch.no_grad():
-                res = reward.evaluate(rgb, [self.prompt] * rgb.shape[0])
+                res = reward.evaluate(rgb, [self.prompt] * rgb.shape[0], **extra)
             scores["reward"] = float(res.scores.float().mean())
             if len(res.terms) > 1:
                 for name, value in res.terms.items():
