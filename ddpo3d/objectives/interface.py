@@ -146,6 +146,13 @@ class SDSTerm:
     def update_step(self, epoch: int, global_step: int) -> None:
         self.global_step = int(global_step)
 
+    def state_dict(self) -> Dict[str, Any]:
+        """No state beyond the global step, which the trainer sets every step."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Nothing to restore."""
+
     @property
     def active(self) -> bool:
         return self.global_step >= int(getattr(self.cfg, "start_step", 0))
