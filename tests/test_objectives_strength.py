@@ -29,7 +29,14 @@ CONFIGS = sorted(
     + glob.glob(os.path.join(ROOT, "configs", "toy", "*.yaml"))
     + glob.glob(os.path.join(ROOT, "configs", "rewards", "*-sd.yaml"))
 )
-LAMBDA = {"ddpo3d": "lambda_ddpo", "reward-backprop": "lambda_reward"}
+LAMBDA = {
+    "ddpo3d": "lambda_ddpo",
+    "reward-backprop": "lambda_reward",
+    "dreamfl": "lambda_dreamfl",
+    "reward-tilted": "lambda_tilt",
+}
+#: terms that replace SDS (their configs set lambda_sds: 0): no ratio to SDS to measure
+REPLACES_SDS = ("reward-sds", "dreamdpo")
 
 
 def brightness(images, prompts):
@@ -88,7 +95,7 @@ def shipped(path):
 ALIGNED = [
     pytest.param(p, id=os.path.relpath(p, ROOT), marks=[] if "toy" in p else [pytest.mark.slow])
     for p in CONFIGS
-    if shipped(p)[3].get("type", "ddpo3d") != "none"
+    if shipped(p)[3].get("type", "ddpo3d") not in ("none", *REPLACES_SDS)
 ]
 
 

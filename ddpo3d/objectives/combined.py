@@ -238,7 +238,8 @@ class RewardGuidedSDS:
         noise = sample_noise(x0, generator)
 
         policy = self.objective if isinstance(self.objective, DDPO3D) else None
-        if self.objective is not None and reward is None:
+        # objectives with a start step / zero strength (DreamFL, the SDS-family terms) say whether they run
+        if self.objective is not None and getattr(self.objective, "active", True) and reward is None:
             raise ValueError(f"objective {self.objective_type!r} needs a reward, got None")
 
         # The shared forward: x_t keeps its graph to x0 only when the policy needs it.

@@ -7,7 +7,7 @@ diagonal is this cosine; papers often report it x100). Weights: the hub repo ``x
 ``HPS_v2.1_compressed.pt`` (default) or ``HPS_v2_compressed.pt`` (``version: v2.0``), a
 ``torch.save`` of ``{"state_dict": <open_clip CLIP state dict>}``. They are looked up in the
 Hugging Face cache (or a local ``checkpoint`` path); nothing is downloaded unless
-``allow_download: true``; missing weights raise one :class:`ddpo3d.weights.WeightsNotFoundError`.
+``DDPO3D_ALLOW_DOWNLOAD=1``; missing weights raise one :class:`ddpo3d.weights.WeightsNotFoundError`.
 The ``hpsv2`` package is not used (its runtime requirements pin old packages).
 
 Preprocessing is HPSv2's evaluation transform (open_clip's ``ResizeMaxSize`` + ``Normalize``)
@@ -88,7 +88,6 @@ class HPSv2Reward(Reward):
         checkpoint: Optional[str] = None  # local file or hub spec "org/repo/file"; None = xswu/HPSv2 in the HF cache
         clip_model: str = "ViT-H-14"  # open_clip architecture the checkpoint was trained on
         cache_dir: Optional[str] = None  # Hugging Face cache to search (default: HF_HUB_CACHE / HF_HOME)
-        allow_download: bool = False  # fetch the checkpoint from the hub when missing (never under HF_HUB_OFFLINE)
         allow_random_init: bool = False  # tests/demos only: random weights instead of a checkpoint
         random_init_seed: int = 0  # seed of the random weights
         device: Optional[str] = None  # move the model here at build time (None: CPU)
@@ -113,10 +112,9 @@ class HPSv2Reward(Reward):
                 how_to_get=(
                     f"download once where there is network access: huggingface-cli download {HPS_REPO} {filename} "
                     f"(fills the Hugging Face cache), or set checkpoint: /path/to/{filename} in the reward block, "
-                    "or allow_download: true"
+                    "or set DDPO3D_ALLOW_DOWNLOAD=1"
                 ),
                 cache_dir=cfg.cache_dir,
-                allow_download=bool(cfg.allow_download),
             )
         with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.random_init_seed))

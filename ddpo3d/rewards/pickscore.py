@@ -9,7 +9,7 @@ to 224 (bicubic), centre crop 224, CLIP mean/std. That is done here in tensor op
 with padding to the longest prompt, truncated at 77 tokens.
 
 Loading is offline: ``model`` is a local folder or a hub repo id found in the Hugging Face cache
-(``local_files_only``); nothing is downloaded unless ``allow_download: true``. The tokenizer is
+(``local_files_only``); nothing is downloaded unless ``DDPO3D_ALLOW_DOWNLOAD=1``. The tokenizer is
 read from ``tokenizer`` (folder or repo in the cache: default the processor repo, then the model
 repo) and otherwise built from open_clip's bundled BPE vocabulary (same token ids). Missing
 weights raise one :class:`ddpo3d.weights.WeightsNotFoundError`. The features are taken as
@@ -31,7 +31,7 @@ from ddpo3d.rewards.base import Reward
 from ddpo3d.rewards.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_preprocess
 from ddpo3d.rewards.registry import register_reward
 from ddpo3d.utils.typing import Any, Float, List, Optional, Sequence, Tensor
-from ddpo3d.weights import WeightsNotFoundError, describe_hf_file, hf_cache_dir, hf_offline
+from ddpo3d.weights import WeightsNotFoundError, describe_hf_file, downloads_allowed, hf_cache_dir
 
 __all__ = ["PickScoreReward"]
 
@@ -53,14 +53,13 @@ class PickScoreReward(Reward):
         )
         image_size: Optional[int] = None  # input size; None = the model's vision_config.image_size (224)
         cache_dir: Optional[str] = None  # Hugging Face cache to search (default: HF_HUB_CACHE / HF_HOME)
-        allow_download: bool = False  # fetch missing files from the hub (never under HF_HUB_OFFLINE)
         device: Optional[str] = None  # move the model here at build time (None: CPU)
 
     def configure(self) -> None:
         from transformers import CLIPModel
 
         cfg = self.cfg
-        local_only = not (cfg.allow_download and not hf_offline())
+        local_only = not downloads_allowed()
         try:
             model = CLIPModel.from_pretrained(
                 cfg.model, local_files_only=local_only, cache_dir=cfg.cache_dir or hf_cache_dir()
@@ -76,7 +75,7 @@ class PickScoreReward(Reward):
                 [where, f"(transformers said: {str(exc).splitlines()[0][:200]})"],
                 f"download once where there is network access: huggingface-cli download {PICKSCORE_REPO} "
                 "(fills the Hugging Face cache), or set model: /path/to/a/CLIPModel/folder in the reward block, "
-                "or allow_download: true",
+                "or set DDPO3D_ALLOW_DOWNLOAD=1",
             ) from None
         self.model = model.eval()
         self.tokenizer = self._load_tokenizer(local_only)
