@@ -11,7 +11,8 @@ losses, regularisers, validation grids, test turntable video), plus:
   ``save/metrics.csv`` as they come, and ``save/curves.png`` plots reward and fidelity
   against steps at every validation and at the end;
 * test views are also saved as plain RGB (``save/it<step>-test-rgb/<i>.png``) for
-  ``python -m ddpo3d.eval``;
+  ``python -m ddpo3d.eval``, and their normal maps (``save/it<step>-test-normal/<i>.png``)
+  when the renderer returns normals;
 * geometries with ``densify_and_prune`` (Gaussian splats) get their densification hooks.
 
 Dropping SDS after N steps (the DDPO3D ablation) is the usual schedule on the weight:
@@ -237,6 +238,19 @@ class DDPO3DSystem(DreamFusion):
                 name=None,
                 step=self.true_global_step,
             )
+            if "comp_normal" in out:  # GPTEval3D's judge compares RGB and normal maps
+                self.save_image_grid(
+                    f"it{self.true_global_step}-test-normal/{index}.png",
+                    [
+                        {
+                            "type": "rgb",
+                            "img": out["comp_normal"][0],
+                            "kwargs": {"data_format": "HWC", "data_range": (0, 1)},
+                        }
+                    ],
+                    name=None,
+                    step=self.true_global_step,
+                )
 
     def on_test_epoch_end(self):
         super().on_test_epoch_end()  # turntable video
