@@ -133,7 +133,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.executor == "debug":
         sub = ex.submit_debug(out, todo, suite.protocol, cwd)
         for j in sub:
-            j.result()
+            res = j.result()
+            if "error" in res:
+                print(res["traceback"], file=sys.stderr)
+                raise RuntimeError(f"the debug worker stopped: {res['error']}")
     elif args.executor == "local":
         gpus = ex.visible_gpus(args.gpus)
         print(f"local: {max(1, len(gpus))} worker(s) on " + (f"GPU {', '.join(map(str, gpus))}" if gpus else "the CPU"))
@@ -223,7 +226,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         return {"run": cmd_run, "status": cmd_status, "gather": cmd_gather}[args.command](args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -106,7 +106,18 @@ def submit_debug(out: str, job_ids: List[str], protocol: EvalProtocol, cwd: str)
     import submitit
 
     executor = submitit.DebugExecutor(folder=os.path.join(out, "submitit", "%j"))
-    return [executor.submit(run_shard, out, job_ids, protocol, cwd, True)]
+    return [executor.submit(_debug_shard, out, job_ids, protocol, cwd)]
+
+
+def _debug_shard(out: str, job_ids: List[str], protocol: EvalProtocol, cwd: str) -> Dict[str, Any]:
+    """``run_shard`` in-process; an exception is returned, not raised (the debug executor would
+    open a debugger on it)."""
+    import traceback
+
+    try:
+        return run_shard(out, job_ids, protocol, cwd, True)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
 
 
 def counts(out: str, job_ids: List[str], protocol_key: str) -> Dict[str, List[str]]:
