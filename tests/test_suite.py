@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -379,3 +380,21 @@ def test_local_toy_grid_killed_mid_grid_continues(tmp_path):
     assert len(rows) == 4, g.stdout
     assert len(list(csv.DictReader(open(out / "results.csv")))) == 4
     assert first_attempts  # attempts were recorded before the kill
+
+
+def test_running_markers_of_dead_workers_are_stale(tmp_path):
+    from ddpo3d.suite import runner
+
+    jd = runner.JobDir(str(tmp_path), "j")
+    os.makedirs(jd.root)
+    runner.write_json(jd.path("RUNNING"), {"host": "node-elsewhere", "pid": 1})
+    assert jd.state() == "running"  # another host, heartbeat fresh
+    old = time.time() - runner.STALE_AFTER_S - 5
+    os.utime(jd.path("RUNNING"), (old, old))
+    assert jd.state() == "pending"  # no heartbeat: its worker is gone
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    runner.write_json(jd.path("RUNNING"), {"host": socket.gethostname(), "pid": dead.pid})
+    assert jd.state() == "pending"  # this host, process gone
+    runner.write_json(jd.path("RUNNING"), {"host": socket.gethostname(), "pid": os.getpid()})
+    assert jd.state() == "running"

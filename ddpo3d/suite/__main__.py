@@ -150,7 +150,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 130
         progress.close()
         for j in sub:
-            if j.state not in ("DONE", "COMPLETED") and j.exception() is not None:
+            try:
+                crashed = j.exception() is not None
+            except Exception:  # the worker died without a result
+                crashed = True
+            if crashed:
                 print(f"worker {j.job_id} crashed; its log: {j.paths.stderr}")
     else:
         sub = ex.submit_slurm(out, suite.name, todo, suite.protocol, cwd, slurm_options(args))

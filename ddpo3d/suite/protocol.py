@@ -173,7 +173,9 @@ def evaluate_job(job: Any, protocol: EvalProtocol, cwd: str, in_process: bool = 
         else 1
     )
     log_path = job.path("logs", f"eval-{n}.log")
-    rc = run_launcher(render_args(job, protocol, tag), log_path, cwd, in_process=in_process)
+    rc = run_launcher(
+        render_args(job, protocol, tag), log_path, cwd, in_process=in_process, heartbeat=job.path("RUNNING")
+    )
     if rc != 0:
         return False, log_path
     save = job.path(tag, "save")

@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 
 from ddpo3d.suite.spec import EvalProtocol, quote_value
@@ -85,10 +86,20 @@ def checkpoint_ok(path: str) -> bool:
         return False
 
 
-def _stale(marker: Dict[str, Any]) -> bool:
-    """A ``RUNNING`` marker left by a process of this host that no longer exists."""
+#: a job's worker touches its RUNNING marker this often (seconds) while its run goes on
+HEARTBEAT_S = 60.0
+#: a RUNNING marker of another host untouched for this long belongs to a dead worker
+STALE_AFTER_S = 10 * HEARTBEAT_S
+
+
+def _stale(marker: Dict[str, Any], path: str) -> bool:
+    """A ``RUNNING`` marker left by a dead worker: a process of this host that no longer exists,
+    or (another host, e.g. a SLURM node) a marker without a heartbeat for ``STALE_AFTER_S``."""
     if marker.get("host") != socket.gethostname():
-        return False
+        try:
+            return time.time() - os.path.getmtime(path) > STALE_AFTER_S
+        except OSError:
+            return True
     try:
         os.kill(int(marker.get("pid", -1)), 0)
     except ProcessLookupError:
@@ -150,7 +161,7 @@ class JobDir:
         if os.path.isfile(self.path(FAILED)):
             return "failed"
         running = read_json(self.path(RUNNING))
-        if running is not None and not _stale(running):
+        if running is not None and not _stale(running, self.path(RUNNING)):
             return "running"
         if os.path.isfile(self.path(DONE)):
             metrics = read_json(self.path("metrics.json"))
@@ -206,7 +217,9 @@ def _launch_module(path: str) -> Any:
     return _LAUNCH_MODULES[path]
 
 
-def run_launcher(argv: List[str], log_path: str, cwd: str, in_process: bool = False) -> int:
+def run_launcher(
+    argv: List[str], log_path: str, cwd: str, in_process: bool = False, heartbeat: Optional[str] = None
+) -> int:
     """Run ``launch.py argv`` with its output appended to ``log_path``; returns the exit status.
 
     Args:
@@ -214,6 +227,7 @@ def run_launcher(argv: List[str], log_path: str, cwd: str, in_process: bool = Fa
         log_path: log file (stdout and stderr).
         cwd: working directory (extensions under ``custom/`` are found from here).
         in_process: call ``launch.main`` in this process (the debug executor) instead of a child.
+        heartbeat: a file whose modification time is refreshed every ``HEARTBEAT_S`` while the child runs.
     """
     launcher = find_launcher()
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
@@ -237,8 +251,12 @@ def run_launcher(argv: List[str], log_path: str, cwd: str, in_process: bool = Fa
             )
             while True:
                 try:
-                    rc = fwd.child.wait()
+                    rc = fwd.child.wait(timeout=HEARTBEAT_S)
                     break
+                except subprocess.TimeoutExpired:
+                    if heartbeat is not None:
+                        with contextlib.suppress(OSError):
+                            os.utime(heartbeat)
                 except KeyboardInterrupt:  # pragma: no cover - handled by _Forward
                     continue
             if fwd.signalled is not None:
@@ -285,7 +303,7 @@ def train(job: JobDir, cwd: str, in_process: bool = False) -> Dict[str, Any]:
         argv.append(f"resume={quote_value(resume)}")
     record = {"attempt": n, "start": now(), "host": socket.gethostname(), "resume": resume, "log": log}
     job.add_attempt(record)
-    rc = run_launcher(argv, log, cwd, in_process=in_process)
+    rc = run_launcher(argv, log, cwd, in_process=in_process, heartbeat=job.path(RUNNING))
     return {"rc": rc, "log": log, "resume": resume}
 
 
