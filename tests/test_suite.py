@@ -211,6 +211,22 @@ def test_stale_trial_without_checkpoint_is_set_aside(tmp_path, fake_launch):
     assert os.path.isfile(os.path.join(jd.root, "trial.stale-1", "ckpts", "last.ckpt"))  # kept, not deleted
 
 
+def test_build_metric_skips_on_missing_weights(monkeypatch):
+    import ddpo3d.rewards
+    from ddpo3d.suite import protocol
+    from ddpo3d.suite.spec import MetricSpec
+    from ddpo3d.weights import WeightsNotFoundError
+
+    def missing(block):
+        raise WeightsNotFoundError("open_clip ViT-L-14", ["/nowhere"], "download it")
+
+    monkeypatch.setattr(ddpo3d.rewards, "build_reward", missing)
+    monkeypatch.setattr(protocol, "_REWARDS", {})
+    reward, reason = protocol.build_metric(MetricSpec("clip", {"type": "clip-score", "clip_model": "X"}), "cpu")
+    assert reward is None and reason.startswith("WeightsNotFoundError") and "ViT-L-14" in reason
+
+
+@pytest.mark.slow
 def test_missing_weights_skip_the_metric(tmp_path, fake_launch, monkeypatch, capsys):
     monkeypatch.setenv("OPEN_CLIP_CACHE_DIR", str(tmp_path / "none"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

@@ -109,6 +109,7 @@ def build_metric(spec: MetricSpec, device: str) -> Tuple[Optional[Any], Optional
         reward = build_reward(spec.block).to(device)
     except (FileNotFoundError, ImportError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = re.sub(r"\s*Looked in:?\s*$", "", first)  # the places searched follow on the next lines
         return None, f"{type(exc).__name__}: {first}"
     reward.eval()
     _REWARDS[key] = reward
