@@ -414,3 +414,17 @@ def test_running_markers_of_dead_workers_are_stale(tmp_path):
     assert jd.state() == "pending"  # this host, process gone
     runner.write_json(jd.path("RUNNING"), {"host": socket.gethostname(), "pid": os.getpid()})
     assert jd.state() == "running"
+
+
+def test_a_job_held_by_a_live_worker_is_not_run_twice(tmp_path, fake_launch, capsys):
+    from ddpo3d.suite.__main__ import prepare
+    from ddpo3d.suite.runner import JobDir, run_job, write_json
+
+    suite = load_suite(_suite(tmp_path, prompts=["a red sphere"], configs=[TOY[0]]))
+    out = str(tmp_path / "out")
+    assert _run(["run", _suite(tmp_path), "--out", out, "--dry-run"]) == 0
+    assert not os.path.exists(out)  # a dry run writes nothing
+    job = prepare(suite, out)[0]
+    write_json(JobDir(out, job.job_id).path("RUNNING"), {"host": socket.gethostname(), "pid": os.getpid()})
+    assert run_job(out, job.job_id, suite.protocol, ROOT, in_process=True) == "running elsewhere"
+    assert _calls(fake_launch) == []

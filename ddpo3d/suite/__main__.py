@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--override", action="append", default=[], metavar="KEY=VALUE", help="extra override for every job (repeatable)"
     )
-    r.add_argument("--dry-run", action="store_true", help="list the jobs and their state; submit nothing")
+    r.add_argument("--dry-run", action="store_true", help="list the jobs and their state; write and submit nothing")
     r.add_argument("--poll", type=float, default=2.0, help="seconds between progress refreshes")
     s = r.add_argument_group("slurm")
     s.add_argument("--partition", default=None)
@@ -109,8 +109,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     out = os.path.abspath(args.out)
     suite = load_suite(args.suite, args.override)
-    jobs = prepare(suite, out)
     key = suite.protocol.key()
+    if args.dry_run:  # nothing is written
+        for job in suite.jobs():
+            print(f"  {state_line(out, job.job_id, key)}")
+        return 0
+    jobs = prepare(suite, out)
     ids = [j.job_id for j in jobs]
     by = ex.counts(out, ids, key)
     print(
@@ -122,10 +126,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("still running (skipped): " + ", ".join(by["running"]))
     todo = by["failed"] + by["pending"]
     todo = [i for i in ids if i in set(todo)]  # grid order
-    if args.dry_run:
-        for i in ids:
-            print(f"  {JobState(out, i, key)}")
-        return 0
     if not todo:
         print(f"nothing to run; python -m ddpo3d.suite gather {args.out}")
         return 0
@@ -169,16 +169,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return summary(out, ids, key, args.out)
 
 
-class JobState:
-    """``state  job_id`` line for listings."""
+def state_line(out: str, job_id: str, key: str) -> str:
+    """``<state>  <job_id>`` for listings."""
+    from ddpo3d.suite.runner import JobDir
 
-    def __init__(self, out: str, job_id: str, key: str) -> None:
-        from ddpo3d.suite.runner import JobDir
-
-        self.text = f"{JobDir(out, job_id).state(key):8s} {job_id}"
-
-    def __str__(self) -> str:
-        return self.text
+    return f"{JobDir(out, job_id).state(key):8s} {job_id}"
 
 
 def summary(out: str, ids: List[str], key: str, shown: Optional[str] = None) -> int:
@@ -205,7 +200,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ids = [j["job_id"] for j in manifest["jobs"]]
     key = manifest["protocol_key"]
     for i in ids:
-        print(f"  {JobState(out, i, key)}")
+        print(f"  {state_line(out, i, key)}")
     return summary(out, ids, key, args.out)
 
 

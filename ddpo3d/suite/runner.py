@@ -311,13 +311,16 @@ def run_job(out: str, job_id: str, protocol: EvalProtocol, cwd: str, in_process:
     """Train (unless ``DONE``) and score (unless scored under this protocol) one job.
 
     Returns:
-        The job's final state: ``done``, ``failed`` or ``interrupted``.
+        The job's final state: ``done``, ``failed``, ``interrupted`` or ``running elsewhere``.
     """
     from ddpo3d.suite.protocol import evaluate_job
 
     job = JobDir(out, job_id)
-    if job.state(protocol.key()) == "done":
+    state = job.state(protocol.key())
+    if state == "done":
         return "done"
+    if state == "running":  # another live worker has it (e.g. one left by an earlier invocation)
+        return "running elsewhere"
     trained = os.path.isfile(job.path(TRAINED))
     job.mark(RUNNING, stage="score" if trained else "train", attempt=len(job.attempts()) + (0 if trained else 1))
     try:
