@@ -1,7 +1,7 @@
 """A stand-in for ``launch.py`` used by the suite tests: same command line, no training.
 
 ``--train`` writes ``<trial>/configs/parsed.yaml`` and ``<trial>/ckpts/last.ckpt`` (a zip, like a
-torch checkpoint) and refuses an existing trial folder without ``resume=`` (what a launcher that
+torch checkpoint; ``last-v1.ckpt`` when resuming, as Lightning does) and refuses an existing trial folder without ``resume=`` (what a launcher that
 protects other runs' files does). ``--test`` writes ``save/it<step>-test-rgb/<i>.png`` views whose
 brightness depends on the seed, and a ``save/metrics.csv`` with a ``psnr`` row.
 
@@ -48,7 +48,9 @@ def main(argv):
         if "resume" in args:
             with zipfile.ZipFile(args["resume"]) as z:
                 start = int(z.read("step"))
-        with zipfile.ZipFile(os.path.join(trial, "ckpts", "last.ckpt"), "w") as z:
+        # like Lightning's ModelCheckpoint after resuming from a last.ckpt it did not write
+        name = "last-v1.ckpt" if "resume" in args else "last.ckpt"
+        with zipfile.ZipFile(os.path.join(trial, "ckpts", name), "w") as z:
             z.writestr("step", str(step))
             z.writestr("start", str(start))
         print(f"trained {start}->{step}")

@@ -173,8 +173,10 @@ def test_debug_grid_resumes_interrupted_job_and_skips_finished(tmp_path, fake_la
     resume = [a for a in second[0]["argv"] if a.startswith("resume=")]
     assert len(resume) == 1 and json.loads(resume[0].split("=", 1)[1]).endswith("/trial/ckpts/last.ckpt")
     ckpt = [c for c in second if "--train" in c["argv"]][0]["trial"]
-    with zipfile.ZipFile(os.path.join(ckpt, "ckpts", "last.ckpt")) as z:
+    with zipfile.ZipFile(os.path.join(ckpt, "ckpts", "last-v1.ckpt")) as z:
         assert (z.read("start"), z.read("step")) == (b"2", b"4")
+    # the render used the newest checkpoint (step 4), not the interrupted run's last.ckpt (step 2)
+    assert json.load(open(os.path.join(os.path.dirname(ckpt), "metrics.json")))["step"] == 4
 
     assert _run(["run", suite, "--out", out, "--executor", "debug"]) == 0
     assert len(_calls(fake_launch)) == len(first) + len(second)  # a third run launches nothing

@@ -63,7 +63,10 @@ def render_args(job: Any, protocol: EvalProtocol, tag: str) -> List[str]:
     parsed = os.path.join(job.trial, "configs", "parsed.yaml")
     if not os.path.isfile(parsed):
         raise FileNotFoundError(f"the finished run has no {parsed}")
-    args = ["--config", parsed, "--test", f"resume={quote_value(job.last_ckpt)}", *pin_overrides(job, tag)]
+    ckpt = job.latest_ckpt()
+    if ckpt is None:
+        raise FileNotFoundError(f"the finished run has no complete checkpoint under {job.path('trial', 'ckpts')}")
+    args = ["--config", parsed, "--test", f"resume={quote_value(ckpt)}", *pin_overrides(job, tag)]
     args.append(f"data.n_test_views={protocol.views}")
     if protocol.resolution is not None:
         args += [f"data.eval_width={protocol.resolution}", f"data.eval_height={protocol.resolution}"]

@@ -15,8 +15,8 @@ Layout of ``<out>/jobs/<job_id>/``:
 
 A job whose folder holds ``TRAINED`` is not trained again (only scored if it has no metrics
 for the current protocol); ``DONE`` means trained and scored. Otherwise, when ``trial/ckpts/last.ckpt``
-is a complete checkpoint the job is launched with ``resume=<that file>``; a trial folder
-without a usable checkpoint is moved aside to ``trial.stale-<n>`` (nothing is deleted) and the
+(or the newest complete checkpoint there, see :meth:`JobDir.latest_ckpt`) exists the job is
+launched with ``resume=<that file>``; a trial folder without a usable checkpoint is moved aside to ``trial.stale-<n>`` (nothing is deleted) and the
 job starts over. The suite therefore never launches into an existing trial folder without
 ``resume=``, which is what a launcher that refuses to overwrite another run's files needs.
 """
@@ -127,6 +127,23 @@ class JobDir:
     @property
     def last_ckpt(self) -> str:
         return self.path("trial", "ckpts", "last.ckpt")
+
+    def latest_ckpt(self) -> Optional[str]:
+        """The newest complete checkpoint under ``trial/ckpts`` (``None`` if there is none).
+
+        Usually ``last.ckpt``; but when a run resumes from a ``last.ckpt`` that Lightning's
+        ``ModelCheckpoint`` did not write itself (Ctrl-C's checkpoint), it saves the new last
+        state as ``last-v1.ckpt`` instead of overwriting it, so the newest file is taken, with
+        ``last*`` preferred at equal times.
+        """
+        folder = self.path("trial", "ckpts")
+        if not os.path.isdir(folder):
+            return None
+        files = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt")]
+        files = [f for f in files if checkpoint_ok(f)]
+        if not files:
+            return None
+        return max(files, key=lambda f: (os.path.getmtime(f), os.path.basename(f).startswith("last")))
 
     def spec(self) -> Dict[str, Any]:
         data = read_json(self.path("job.json"))
@@ -290,8 +307,9 @@ def train(job: JobDir, cwd: str, in_process: bool = False) -> Dict[str, Any]:
     """
     spec = job.spec()
     resume = None
-    if checkpoint_ok(job.last_ckpt):
-        resume = job.last_ckpt
+    latest = job.latest_ckpt()
+    if latest is not None:
+        resume = latest
     elif os.path.exists(job.trial):
         moved = _set_aside(job.trial)
         print(f"[suite] {job.job_id}: no usable ckpts/last.ckpt; previous trial folder moved to {moved}", flush=True)
@@ -329,7 +347,7 @@ def run_job(out: str, job_id: str, protocol: EvalProtocol, cwd: str, in_process:
             if res["rc"] != 0:
                 job.mark(FAILED, stage="train", rc=res["rc"], log=res["log"])
                 return "failed"
-            if not checkpoint_ok(job.last_ckpt):
+            if job.latest_ckpt() is None:
                 job.mark(FAILED, stage="train", rc=0, log=res["log"], error="training ended without ckpts/last.ckpt")
                 return "failed"
             write_json(job.path(TRAINED), {"time": now(), "log": res["log"], "resume": res["resume"]})
