@@ -131,6 +131,8 @@ def test_shipped_config_trains_reduced_on_cpu(config, tiny, tmp_path):
             assert key in logged and all(math.isfinite(v) for v in logged[key]), sorted(logged)
         return
     assert sorted(p.name for p in (save / "it2-test-rgb").glob("*.png")) == ["0.png", "1.png"]
+    if "diffuse-with-point-light-material" in config.read_text():  # shades with normals: normal maps saved
+        assert sorted(p.name for p in (save / "it2-test-normal").glob("*.png")) == ["0.png", "1.png"]
     metrics = read_metrics(save / "metrics.csv")
     for key in [("train", "loss_sds"), ("train", term), ("train", "loss"), ("val", "reward"), ("test", "reward")]:
         assert key in metrics, f"{key} not logged; logged: {sorted(metrics)}"

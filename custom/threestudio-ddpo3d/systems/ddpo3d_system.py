@@ -11,7 +11,8 @@ losses, regularisers, validation grids, test turntable video), plus:
   ``save/metrics.csv`` as they come, and ``save/curves.png`` plots reward and fidelity
   against steps at every validation and at the end;
 * test views are also saved as plain RGB (``save/it<step>-test-rgb/<i>.png``) for
-  ``python -m ddpo3d.eval``;
+  ``python -m ddpo3d.eval``, and their normal maps (``save/it<step>-test-normal/<i>.png``)
+  when the renderer returns normals;
 * a geometry's own training callbacks (``geometry.training_callbacks()``: Gaussian splats'
   densification) are attached through ``configure_callbacks``;
 * training is guarded (``ddpo3d.training_guard``): a non-finite reward, advantage, loss or
@@ -215,6 +216,19 @@ class DDPO3DSystem(*_BASES):
                 name=None,
                 step=self.true_global_step,
             )
+            if "comp_normal" in out:  # GPTEval3D's judge compares RGB and normal maps
+                self.save_image_grid(
+                    f"it{self.true_global_step}-test-normal/{index}.png",
+                    [
+                        {
+                            "type": "rgb",
+                            "img": out["comp_normal"][0],
+                            "kwargs": {"data_format": "HWC", "data_range": (0, 1)},
+                        }
+                    ],
+                    name=None,
+                    step=self.true_global_step,
+                )
 
     def on_test_epoch_end(self):
         super().on_test_epoch_end()  # turntable video
