@@ -118,7 +118,7 @@ def test_weight_factor_and_hinge():
     rec = Recorder()
     out, images, _, _, _, _, loss_sds = _call(obj, 400, rec)
     hinge = torch.relu(4.0 - images.detach().mean(dim=(1, 2, 3))).mean()
-    w = 0.6 * _release_calculate_weight(float(loss_sds), float(hinge))
+    w = 0.6 * _release_calculate_weight(float(loss_sds.detach()), float(hinge))
     torch.testing.assert_close(out["loss_dreamfl"].detach(), w * hinge)
     assert out["dreamfl_weight"] == pytest.approx(w)
     obj = DreamFL({"start_step": 0, "hinge": 0.0})  # rewards above the hinge give nothing
