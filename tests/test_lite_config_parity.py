@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ddpo3d import lite
-from ddpo3d.utils.config import parse_structured
+from ddpo3d.utils.config import ConfigError, parse_structured
 
 FACTS_PATH = Path(__file__).parent / "data" / "threestudio-0.2.3-config-facts.json"
 FACTS = json.loads(FACTS_PATH.read_text())
@@ -127,7 +127,7 @@ def test_lite_system_requires_the_loss_keys_threestudio_reads(name):
         assert key in cfg["loss"]
         del cfg["loss"][key]
         system = cls(cfg)
-        with pytest.raises(lite.utils.config.ConfigError, match=f"system.loss.{key}"):
+        with pytest.raises(ConfigError, match=f"system.loss.{key}"):
             system.on_fit_start()
     system = cls(lite_doubles.system_config())
     system.on_fit_start()
