@@ -118,7 +118,9 @@ def test_interrupted_and_resumed_run_matches_the_uninterrupted_one(tmp_path):
 def test_export_finds_the_surface_of_the_main_job(tmp_path):
     assert _launch(tmp_path, "tag=t", steps=2).returncode == 0
     last = tmp_path / "toy-ddpo-brightness" / "t" / "ckpts" / "last.ckpt"
-    r = _launch(tmp_path, "tag=t", f"resume={last}", mode="--export", steps=2)
+    r = _launch(
+        tmp_path, "tag=t", f"resume={last}", "system.geometry.isosurface_resolution=32", mode="--export", steps=2
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     import trimesh
 

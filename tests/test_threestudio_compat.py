@@ -642,6 +642,37 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
             "files": files,
         }
 
+    @check("guard_fit")
+    def _check_guard():
+        """The training guard on threestudio's DreamFusion: a NaN reward skips every update."""
+        import pytorch_lightning as pl
+
+        cfg = state["system_cfg"].copy()
+        cfg.guidance.reward = {"type": "python", "target": "ddpo3d.testing.rewards:nan_reward"}
+        cfg.max_consecutive_skips = 0
+        system = threestudio.find("ddpo3d-system")(cfg, resumed=False)
+        system.set_save_dir(os.path.join(work, "trial-guard", "save"))
+        before = {k: v.detach().clone() for k, v in system.state_dict().items()}
+        dm = threestudio.find("random-camera-datamodule")({"width": 32, "height": 32, "batch_size": 2})
+        trainer = pl.Trainer(
+            max_steps=2,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(system, datamodule=dm)
+        after = system.state_dict()
+        return {
+            "global_step": int(trainer.global_step),
+            "skipped_steps": system.training_guard.skipped_steps,
+            "unchanged": all(torch.equal(v, after[k]) for k, v in before.items() if k in after),
+        }
+
     @check("magic3d_fit")
     def _check_magic3d():
         """threestudio's own ``magic3d-system`` (coarse stage) with the DDPO3D guidance, unchanged."""
@@ -1018,6 +1049,11 @@ def test_ddpo3d_system_trains_under_threestudio(report):
     assert e["means_moved"] > 0, "no gradient reached the Gaussian splat geometry"
     for f in ("metrics.csv", "curves.png", "it2-0.png", "it2-test.mp4", "it2-test/0.png", "it2-test-rgb/0.png"):
         assert f in e["files"], (f, e["files"])
+
+
+def test_nonfinite_reward_skips_updates_under_threestudio(report):
+    e = _entry(report, "guard_fit")
+    assert e["global_step"] == 2 and e["skipped_steps"] == 2 and e["unchanged"], e
 
 
 def test_magic3d_coarse_system_uses_the_guidance_unchanged(report):
