@@ -183,9 +183,12 @@ class DDPO3DSystem(*_BASES):
         self.history.add(self.true_global_step, "train", values)
 
     def configure_callbacks(self):
-        """The geometry's own training callbacks (Gaussian splats: densification), if any."""
+        """The base's callbacks (the training guard first, so a skipped step is known before the
+        others' ``on_before_optimizer_step``), then the geometry's own (Gaussian splats: densification)."""
+        callbacks = super().configure_callbacks() or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         make = getattr(getattr(self, "geometry", None), "training_callbacks", None)
-        return list(make()) if make is not None else []
+        return callbacks + (list(make()) if make is not None else [])
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch, batch_idx):
