@@ -231,7 +231,8 @@ def experiment_yaml(root: str, max_steps: int = 3, **system_overrides) -> str:
             "camera_distance_range": [1.5, 2.0],
             "eval_camera_distance": 2.0,
         },
-        "system_type": "dreamfusion-system",
+        # ddpo3d-system's one extra key (threestudio's dreamfusion-system has no such field)
+        "system_type": "test-guarded-system" if "max_consecutive_skips" in system_overrides else "dreamfusion-system",
         "system": system_config(**system_overrides),
         "trainer": {
             "max_steps": max_steps,
@@ -244,3 +245,22 @@ def experiment_yaml(root: str, max_steps: int = 3, **system_overrides) -> str:
         "checkpoint": {"save_last": True, "save_top_k": -1, "every_n_train_steps": max_steps},
     }
     return OmegaConf.to_yaml(OmegaConf.create(cfg))
+
+
+def _guarded_system():
+    from dataclasses import dataclass
+
+    from ddpo3d.lite.systems.dreamfusion import DreamFusion
+
+    @_register("test-guarded-system")
+    class GuardedSystem(DreamFusion):
+        """lite's dreamfusion-system plus ddpo3d-system's ``max_consecutive_skips`` key."""
+
+        @dataclass
+        class Config(DreamFusion.Config):
+            max_consecutive_skips: int = 5
+
+    return GuardedSystem
+
+
+_guarded_system()

@@ -68,7 +68,13 @@ def test_facts_file_names_its_source():
 def test_every_lite_class_threestudio_also_has_is_in_the_facts():
     lite._import_builtin_modules()
     # the runtime's own classes (not the extension's, nor test doubles other tests register)
-    ours = {n for n, cls in lite.__modules__.items() if cls.__module__.startswith("ddpo3d.lite.")}
+    # mvdream-*: mirrors of threestudio-mvdream (not threestudio), whose keys tests/test_mvdream.py
+    # compares with that extension's source
+    ours = {
+        n
+        for n, cls in lite.__modules__.items()
+        if cls.__module__.startswith("ddpo3d.lite.") and not n.startswith("mvdream-")
+    }
     missing = sorted(ours - set(CLASSES))
     assert not missing, f"lite registers {missing} but the facts file has no entry: regenerate it"
 

@@ -213,7 +213,7 @@ def test_guidance_schedules_grad_clip_and_errors(tiny_if_path, prompt_utils):
     g = make_guidance(
         tiny_if_path,
         grad_clip=[0, 0.01, 0.02, 10],
-        min_step_percent=[0, 0.5, 0.1, 10],
+        min_step_percent=0.3,  # a float, as threestudio types it (our ddpo3d- guidance takes schedules)
         max_step_percent=0.6,
         weighting_strategy="uniform",
     )
@@ -230,6 +230,8 @@ def test_guidance_schedules_grad_clip_and_errors(tiny_if_path, prompt_utils):
         make_guidance(tiny_if_path, weighting_strategy="nope")
     with pytest.raises(ConfigError, match="guidance_scal"):
         make_guidance(tiny_if_path, guidance_scal=3.0)
+    with pytest.raises(ConfigError, match="min_step_percent"):
+        make_guidance(tiny_if_path, min_step_percent=[0, 0.5, 0.1, 10])
 
 
 def test_guidance_missing_weights(tmp_path):

@@ -15,11 +15,13 @@ import torch
 from ddpo3d.diffusion.mvdream import MVDreamPredictor, mvdream_to_threestudio_scale, normalize_camera
 from ddpo3d.objectives.dreamfl import predict_x0, rescale_x0
 from ddpo3d.objectives.mvdream_sds import MVDreamSDS
-from ddpo3d.testing.tiny_mvdream import TINY_MVDREAM_NAME, build_tiny_mvdream
+from ddpo3d.testing.tiny_mvdream import TINY_MVDREAM_NAME, build_tiny_mvdream, register_tiny_mvdream
 
 ROOT = Path(__file__).resolve().parents[1]
 MVDREAM_SRC = Path(os.environ.get("DDPO3D_THREESTUDIO_MVDREAM_SRC", "/work/ext/threestudio-mvdream"))
 D = 16  # context width (the tiny SD prompt processor's)
+
+register_tiny_mvdream()  # model_name: ddpo3d-tiny-mvdream builds the CPU twin
 
 
 def _cameras(n=4):

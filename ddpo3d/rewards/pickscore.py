@@ -105,7 +105,7 @@ class PickScoreReward(Reward):
                         [source if os.path.isdir(source) else describe_hf_file(source, "vocab.json", cfg.cache_dir)],
                         "point tokenizer at a folder with CLIP's vocab.json and merges.txt, or leave it null",
                     ) from None
-        from ddpo3d.testing.tiny_sd import write_clip_tokenizer_files
+        from ddpo3d.rewards.clip_bpe import write_clip_tokenizer_files
 
         vocab, merges = write_clip_tokenizer_files(tempfile.mkdtemp(prefix="ddpo3d-clip-bpe-"))
         return CLIPTokenizer(vocab, merges, model_max_length=77)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ddpo3d.utils.typing import Any, Dict, Float, Optional, Tensor
 
-__all__ = ["TINY_MVDREAM_NAME", "TinyMVDreamModel", "build_tiny_mvdream"]
+__all__ = ["TINY_MVDREAM_NAME", "TinyMVDreamModel", "build_tiny_mvdream", "register_tiny_mvdream"]
 
 TINY_MVDREAM_NAME = "ddpo3d-tiny-mvdream"
 
@@ -128,3 +128,10 @@ def build_tiny_mvdream(context_dim: int = 32, seed: int = 0) -> TinyMVDreamModel
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+def register_tiny_mvdream() -> None:
+    """Let ``guidance.model_name: ddpo3d-tiny-mvdream`` build this twin in the lite MVDream guidance."""
+    from ddpo3d.lite.models.guidance.mvdream_guidance import register_mvdream_model
+
+    register_mvdream_model(TINY_MVDREAM_NAME, build_tiny_mvdream)

@@ -85,7 +85,6 @@ class BaseSystem(ReliableSystemMixin, pl.LightningModule, Updateable, SaverMixin
         weights_ignore_modules: Optional[List[str]] = None  # sub-modules not loaded from `weights`
         cleanup_after_validation_step: bool = False  # gc + empty CUDA cache after each val step
         cleanup_after_test_step: bool = False  # same after each test step
-        max_consecutive_skips: int = 5  # stop after this many steps in a row skipped for non-finite values (0: never)
 
     cfg: Config
 

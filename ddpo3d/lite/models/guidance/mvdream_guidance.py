@@ -8,7 +8,7 @@ Same name, config keys, attributes and loss as ``MultiviewDiffusionGuidance`` of
 
 Differences, all on the CPU side: ``mvdream`` is imported when the model is built, with an
 error naming the package and its weights when it is missing; ``model_name: ddpo3d-tiny-mvdream``
-builds the seeded CPU twin (:mod:`ddpo3d.testing.tiny_mvdream`) instead; the camera is
+builds the seeded CPU twin once tests register it (:mod:`ddpo3d.testing.tiny_mvdream`); the camera is
 normalised on a copy (MVDream's ``normalize_camera`` writes into the batch's ``c2w``).
 """
 
@@ -24,7 +24,7 @@ from ddpo3d.lite import info, register
 from ddpo3d.lite.utils.base import BaseObject
 from ddpo3d.lite.utils.misc import C
 from ddpo3d.objectives.mvdream_sds import MVDreamSDS
-from ddpo3d.utils.typing import Any, Float, Optional, Tensor
+from ddpo3d.utils.typing import Any, Callable, Dict, Float, Optional, Tensor
 
 MVDREAM_HELP = (
     "MVDream is not installed: pip install git+https://github.com/bytedance/MVDream (package 'mvdream'); "
@@ -34,12 +34,20 @@ MVDREAM_HELP = (
 )
 
 
-def build_mvdream_model(model_name: str, ckpt_path: Optional[str], context_dim: int = 32) -> Any:
-    """MVDream's model (``mvdream.model_zoo.build_model``) or the CPU twin for ``ddpo3d-tiny-mvdream``."""
-    from ddpo3d.testing.tiny_mvdream import TINY_MVDREAM_NAME, build_tiny_mvdream
+#: model builders by ``model_name`` (``builder(context_dim=...) -> model``); tests and benchmarks
+#: register their CPU twin here (``ddpo3d.testing.tiny_mvdream.register_tiny_mvdream``)
+MODEL_BUILDERS: Dict[str, Callable[..., Any]] = {}
 
-    if model_name == TINY_MVDREAM_NAME:
-        return build_tiny_mvdream(context_dim=context_dim)
+
+def register_mvdream_model(name: str, builder: Callable[..., Any]) -> None:
+    """Make ``guidance.model_name: <name>`` build its model with ``builder(context_dim=...)``."""
+    MODEL_BUILDERS[str(name)] = builder
+
+
+def build_mvdream_model(model_name: str, ckpt_path: Optional[str], context_dim: int = 32) -> Any:
+    """A registered model (the CPU twin) or MVDream's own (``mvdream.model_zoo.build_model``)."""
+    if model_name in MODEL_BUILDERS:
+        return MODEL_BUILDERS[model_name](context_dim=context_dim)
     try:
         from mvdream.model_zoo import build_model
     except ImportError as exc:
