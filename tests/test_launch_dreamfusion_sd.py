@@ -42,6 +42,9 @@ def test_reduced_dreamfusion_sd_trains_tests_and_exports(tiny_sd, tmp_path, caps
             f"resume={trial / 'ckpts' / 'last.ckpt'}",
             "system.geometry.isosurface_resolution=32",
             "system.geometry.isosurface_threshold=auto",
+            # threestudio's default obj-mtl needs xatlas / nvdiffrast; the built-in runtime writes OBJ
+            "system.exporter.fmt=obj",
+            "system.exporter.save_uv=false",
         ],
         custom_dirs=[],
     )

@@ -88,6 +88,7 @@ def shipped(path):
     cfg = OmegaConf.load(path)
     system = cfg.get("system", {})
     guidance = system.get("guidance", {})
+    guidance = OmegaConf.create(OmegaConf.to_container(guidance, resolve=True))  # e.g. ${trainer.max_steps}
     objective = OmegaConf.to_container(guidance.get("objective", OmegaConf.create({"type": "none"})))
     return cfg, system, guidance, objective
 
@@ -96,6 +97,8 @@ ALIGNED = [
     pytest.param(p, id=os.path.relpath(p, ROOT), marks=[] if "toy" in p else [pytest.mark.slow])
     for p in CONFIGS
     if shipped(p)[3].get("type", "ddpo3d") not in ("none", *REPLACES_SDS)
+    # MVDream's x0-reconstruction SDS on the multi-view twin: tests/test_mvdream.py runs those configs
+    and "mvdream" not in str(shipped(p)[1].get("guidance_type", ""))
 ]
 
 

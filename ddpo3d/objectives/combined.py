@@ -145,6 +145,7 @@ class RewardGuidedSDS:
         self.objective, self.strength = build_objective(self.cfg.objective)
         self.objective_type = dict(to_primitive(self.cfg.objective)).get("type", "none")
         self._policy_rng: Optional[Tuple[torch.Generator, torch.Generator]] = None
+        self._pending_policy_rng: Optional[Tensor] = None
 
     def update_step(self, epoch: int, global_step: int) -> None:
         """Evaluate every schedule (SDS t range, grad clip) at this step."""
@@ -158,6 +159,9 @@ class RewardGuidedSDS:
             return None
         if self._policy_rng is None or self._policy_rng[0] is not generator:
             derived = torch.Generator(device=generator.device).manual_seed(generator.initial_seed() + 1)
+            if self._pending_policy_rng is not None:
+                derived.set_state(self._pending_policy_rng)
+                self._pending_policy_rng = None
             self._policy_rng = (generator, derived)
         return self._policy_rng[1]
 
@@ -172,8 +176,13 @@ class RewardGuidedSDS:
         """Restore :meth:`state_dict`; ``generator`` is the SDS generator the policy RNG derives from."""
         if self.objective is not None and state.get("objective") is not None:
             self.objective.load_state_dict(state["objective"])
-        if "policy_rng" in state and generator is not None:
-            self.policy_generator(generator).set_state(state["policy_rng"])
+        if "policy_rng" in state:
+            if generator is not None:
+                self.policy_generator(generator).set_state(state["policy_rng"])
+            elif self._policy_rng is not None:
+                self._policy_rng[1].set_state(state["policy_rng"])
+            else:  # restored before the first step (a checkpoint): applied when the stream is made
+                self._pending_policy_rng = state["policy_rng"]
 
     def _at_render(self, loss: Tensor, images: Tensor, x0: Tensor, sds_x0_grad: Tensor, out: Dict[str, Any]) -> Tensor:
         """A render-space term (reward-backprop, DreamFL) with its gradient set by ``self.strength``.
