@@ -37,6 +37,22 @@ AESTHETIC_HEAD_URL = (
 _LINEAR_IDS = (0, 2, 4, 6, 7)
 
 
+def rating_layers(in_dim: int) -> nn.Sequential:
+    """The rating MLP of the improved aesthetic predictor, reused by ImageReward's head: linear
+    layers ``in_dim -> 1024 -> 128 -> 64 -> 16 -> 1`` with dropout between (a no-op in eval) and no
+    activations; its checkpoints store them as ``layers.{0,2,4,6,7}``."""
+    return nn.Sequential(
+        nn.Linear(in_dim, 1024),
+        nn.Dropout(0.2),
+        nn.Linear(1024, 128),
+        nn.Dropout(0.2),
+        nn.Linear(128, 64),
+        nn.Dropout(0.1),
+        nn.Linear(64, 16),
+        nn.Linear(16, 1),
+    )
+
+
 class AestheticHead(nn.Module):
     """The improved-aesthetic-predictor MLP (linear layers with dropout, no activations).
 
@@ -46,16 +62,7 @@ class AestheticHead(nn.Module):
 
     def __init__(self, in_dim: int = 768):
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(in_dim, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
+        self.layers = rating_layers(in_dim)
 
     def forward(self, emb: Float[Tensor, "B D"]) -> Float[Tensor, " B"]:
         """Predicted rating of L2-normalised embeddings ``emb`` -> ``[B]``."""

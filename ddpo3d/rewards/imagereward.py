@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from ddpo3d.rewards.aesthetic import rating_layers
 from ddpo3d.rewards.blip import BlipReward, BlipRewardConfig
 from ddpo3d.rewards.registry import register_reward
 from ddpo3d.utils.typing import Float, List, Tensor, Tuple
@@ -44,16 +45,7 @@ class ImageRewardMLP(nn.Module):
 
     def __init__(self, in_dim: int = 768):
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(in_dim, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
+        self.layers = rating_layers(in_dim)  # the aesthetic predictor's stack, same key names
 
     def forward(self, x: Float[Tensor, "B D"]) -> Float[Tensor, "B 1"]:
         return self.layers(x)
