@@ -2,10 +2,12 @@
 
 Every objective in ``ddpo3d.objectives.combined.OBJECTIVES`` is swept (``none`` is the SDS-only
 baseline; an objective added to the registry later appears automatically, its loss weight
-assumed to be ``lambda_<type with - as _>`` unless listed in ``LAMBDAS``), plus the DDPO3D
-``render`` target as the zero-mean control. Strength is the scale-free ``grad_ratio`` (the
-per-view norm of the alignment gradient relative to SDS's at the same point; see
-``ddpo3d/objectives/combined.py``), swept over ``--strengths``; 3 seeds, the two toy prompts,
+``lambda_<loss_name>`` for SDS-family terms, else from ``LAMBDAS`` or ``lambda_<type with - as _>``),
+plus the DDPO3D ``render`` target as the zero-mean control. Strength is the scale-free
+``grad_ratio`` in ratio mode (the per-view norm of the alignment gradient relative to SDS's at
+the same point; see ``ddpo3d/objectives/combined.py``) for additive objectives, and the lambda
+mix ``lambda_x = s/(1+s)``, ``lambda_sds = 1/(1+s)`` for terms that replace SDS (reward-sds,
+dreamdpo), swept over ``--strengths``; 3 seeds, the two toy prompts,
 rewards brightness (differentiable) and JPEG compressibility (not: reward backprop is skipped).
 Each run trains the toy NeRF of ``configs/toy/ddpo-brightness.yaml`` (reduced with ``--quick``)
 and records the final test-view reward and fidelity PSNR against the true object.
@@ -47,9 +49,28 @@ sys.path.insert(0, str(ROOT))
 BASE = ROOT / "configs" / "toy" / "ddpo-brightness.yaml"
 PROMPTS = ("a red sphere", "a blue cube")
 REWARDS = {"brightness": "brightness", "jpeg": "jpeg-compressibility"}
-LAMBDAS = {"ddpo3d": "lambda_ddpo", "reward-backprop": "lambda_reward"}
+LAMBDAS = {"ddpo3d": "lambda_ddpo", "reward-backprop": "lambda_reward", "dreamfl": "lambda_dreamfl"}
+
+
+def loss_weight_key(kind: str) -> str:
+    """The ``system.loss`` key weighting an objective's loss term (SDS-family terms name theirs)."""
+    from ddpo3d.objectives.combined import OBJECTIVES
+
+    name = getattr(OBJECTIVES.get(kind), "loss_name", None)
+    return f"lambda_{name}" if name else LAMBDAS.get(kind, "lambda_" + kind.replace("-", "_"))
+
+
+def replaces_sds(kind: str) -> bool:
+    """Terms that replace SDS (reward-sds, dreamdpo): their strength is the lambda mix with SDS."""
+    from ddpo3d.objectives.combined import OBJECTIVES
+
+    return bool(getattr(OBJECTIVES.get(kind), "replaces_sds", False))
+
+
 PG = "ddpo3d"
 CONTROL = "ddpo3d-render-control"
+#: objectives that backpropagate the reward: skipped for JPEG (no gradient)
+NEEDS_GRADIENT = ("reward-backprop", "dreamfl", "reward-tilted")
 QUICK = [
     "trainer.max_steps=150",
     "data.width=24",
@@ -84,7 +105,7 @@ def jobs(args) -> list:
     for reward_name, reward_type in REWARDS.items():
         differentiable = bool(getattr(build_reward({"type": reward_type}), "differentiable", False))
         for label, block in objective_variants().items():
-            if block["type"] == "reward-backprop" and not differentiable:
+            if block["type"] in NEEDS_GRADIENT and not differentiable:
                 continue
             strengths = [None] if block["type"] == "none" else args.strengths
             for s in strengths:
@@ -113,15 +134,23 @@ def run_job(job: dict, quick: bool, extra: tuple = ()) -> dict:
     guidance = cfg.system.guidance
     guidance.reward = {"type": REWARDS[job["reward"]]}
     block = dict(job["block"])
-    if block["type"] != "none":
+    mix = None
+    if block["type"] != "none" and replaces_sds(block["type"]):
+        mix = float(job["strength"]) / (1.0 + float(job["strength"]))  # lambda_x = s/(1+s), lambda_sds = 1/(1+s)
+    elif block["type"] != "none":
+        block["strength_mode"] = "ratio"  # every additive objective swept on the same scale-free axis
         block["grad_ratio"] = float(job["strength"])
+        if block["type"] == "dreamfl":  # the toy schedule: reward from step 0, no reward-only tail
+            block.update(start_step=0, tail_step=None)
         if block["type"] == "ddpo3d":  # keep the shipped toy block's own DDPO3D keys
             base = OmegaConf.to_container(cfg.system.guidance.objective)
             block = {**{k: v for k, v in base.items() if k not in ("grad_ratio",)}, **block}
     guidance.objective = block
     loss = {k: v for k, v in OmegaConf.to_container(cfg.system.loss).items() if k not in LAMBDAS.values()}
     if block["type"] != "none":
-        loss[LAMBDAS.get(block["type"], "lambda_" + block["type"].replace("-", "_"))] = 1.0
+        loss[loss_weight_key(block["type"])] = 1.0 if mix is None else mix
+        if mix is not None:
+            loss["lambda_sds"] = 1.0 - mix
     cfg.system.loss = loss
     tmp = Path(tempfile.mkdtemp(prefix="pareto-"))
     try:
