@@ -27,7 +27,7 @@ over its standard error.
 
 Usage::
 
-    python benchmarks/toy_pareto.py --quick            # < 15 min on 2 cores
+    python benchmarks/toy_pareto.py --quick            # ~40 min on 2 cores with every objective (about 280 runs)
     python benchmarks/toy_pareto.py --workers 2        # the full sweep (300 steps per run)
 """
 
@@ -308,7 +308,9 @@ def summarise(results: list, out: Path) -> list:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="reduced runs (150 steps, 24 px): < 15 min on 2 cores")
+    ap.add_argument(
+        "--quick", action="store_true", help="reduced runs (150 steps, 24 px): about 7 runs a minute on 2 cores"
+    )
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.1, 0.3, 1.0, 3.0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
