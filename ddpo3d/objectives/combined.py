@@ -238,9 +238,8 @@ class RewardGuidedSDS:
             x0 = predictor.encode(images)
         B = x0.shape[0]
         self.sds.num_train_timesteps = predictor.num_train_timesteps
-        if t is None and t_range is not None:  # the host's schedule (the draw of SDS.sample_timesteps)
-            gen_device = generator.device if generator is not None else x0.device
-            t = torch.randint(int(t_range[0]), int(t_range[1]) + 1, (B,), generator=generator, device=gen_device)
+        if t is None and t_range is not None:  # the host's schedule, drawn as SDS draws its own
+            t = self.sds.sample_timesteps(B, x0.device, generator, t_range=t_range)
         if t is None:
             t = self.sds.sample_timesteps(B, x0.device, generator)
         t = torch.as_tensor(t, device=x0.device).long().expand(B)

@@ -25,7 +25,7 @@ from ddpo3d.diffusion.base import NoisePredictor
 from ddpo3d.diffusion.schedule import gather_alphas
 from ddpo3d.utils.config import parse_structured
 from ddpo3d.utils.schedule import C
-from ddpo3d.utils.typing import Any, Float, Int, Optional, Tensor, Union
+from ddpo3d.utils.typing import Any, Float, Int, Optional, Tensor, Tuple, Union
 
 
 @dataclass
@@ -155,11 +155,17 @@ class SDS:
             )
 
     def sample_timesteps(
-        self, batch_size: int, device: Any = None, generator: Optional[torch.Generator] = None
+        self,
+        batch_size: int,
+        device: Any = None,
+        generator: Optional[torch.Generator] = None,
+        t_range: Optional[Tuple[int, int]] = None,
     ) -> Int[Tensor, " B"]:
-        """t ~ U{min_step, ..., max_step} (inclusive, as threestudio)."""
+        """t ~ U{min_step, ..., max_step} (inclusive, as threestudio); ``t_range`` replaces this
+        object's ``(min_step, max_step)`` with a host guidance's own."""
+        lo, hi = (self.min_step, self.max_step) if t_range is None else (int(t_range[0]), int(t_range[1]))
         gen_device = generator.device if generator is not None else device
-        t = torch.randint(self.min_step, self.max_step + 1, (batch_size,), generator=generator, device=gen_device)
+        t = torch.randint(lo, hi + 1, (batch_size,), generator=generator, device=gen_device)
         return t.to(device) if device is not None else t
 
     # ------------------------------------------------------------------ the estimator
