@@ -1,9 +1,11 @@
-"""``python -m ddpo3d.suite run|status|gather``: prompt suites on submitit.
+"""``python -m ddpo3d.suite run|status|gather|report``: prompt suites on submitit.
 
     python -m ddpo3d.suite run SUITE.yaml --out DIR [--executor local|slurm|debug] [--gpus N]
     python -m ddpo3d.suite run SUITE.yaml --out DIR --executor slurm --partition gpu --time 240 --gpus-per-job 1
     python -m ddpo3d.suite status DIR
     python -m ddpo3d.suite gather DIR [--by-prompt]
+    python -m ddpo3d.suite report DIR [--copy-media]           (DIR/report/index.html)
+    python -m ddpo3d.suite report TRIAL [TRIAL ...] --out OUT   (plain trial folders)
 
 Re-running the same ``run`` command continues the grid: finished jobs are skipped, interrupted
 ones resume from their ``ckpts/last.ckpt``, failed ones are retried.
@@ -52,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("out")
     g.add_argument("--by-prompt", action="store_true", help="one table row per config × prompt")
     g.add_argument("--no-figures", action="store_true")
+    rp = sub.add_parser("report", help="an HTML page comparing the configs side by side (DIR/report/index.html)")
+    rp.add_argument("paths", nargs="+", metavar="DIR", help="a suite folder, or trial folders (outputs/<name>/<tag>)")
+    rp.add_argument("--out", default=None, help="report folder (default: DIR/report; required for trial folders)")
+    rp.add_argument(
+        "--copy-media",
+        action="store_true",
+        help="copy the videos and images into the report folder (default: link them relatively)",
+    )
     return p
 
 
@@ -219,12 +229,33 @@ def cmd_gather(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from ddpo3d.suite.report import build_report
+
+    res = build_report(args.paths, out=args.out, copy_media=args.copy_media)
+    data, size = res["data"], res["size"]
+    missing = [c for c in data.cells if c.media is None]
+    print(
+        f"wrote {res['index']}: {len(data.configs)} configs, {len(data.cells)} jobs, "
+        f"{len(data.cells) - len(missing)} with a turntable"
+    )
+    for c in missing[:10]:
+        print(f"  no media: {c.config} / {c.prompt} (seed {c.seed}): {c.reason}")
+    print(
+        f"size: HTML {size['fixed_html'] / 1e3:.1f} kB fixed + {size['html_per_cell'] / 1e3:.2f} kB per cell "
+        f"+ {size['curve_per_cell'] / 1e3:.2f} kB of curves per job; media {size['media_per_cell'] / 1e3:.1f} kB per cell; "
+        f"at 110 prompts x 5 configs: HTML {size['est_html'] / 1e6:.2f} MB, media {size['est_media'] / 1e6:.1f} MB"
+    )
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from ddpo3d.utils.config import ConfigError
 
     try:
-        return {"run": cmd_run, "status": cmd_status, "gather": cmd_gather}[args.command](args)
+        commands = {"run": cmd_run, "status": cmd_status, "gather": cmd_gather, "report": cmd_report}
+        return commands[args.command](args)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
