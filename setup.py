@@ -27,7 +27,8 @@ setup(
         # CUDA rasterizer for Gaussian splats (pure Python install; its kernels JIT-compile on CUDA)
         "gsplat": ["gsplat>=1.5.3"],
         # exact versions (ruff's formatting changes between releases) are in constraints.txt
-        "dev": ["pytest", "pytest-xdist", "ruff", "scikit-image"],
+        # selenium drives headless Chromium in the comparison report's browser test (skipped without a browser)
+        "dev": ["pytest", "pytest-xdist", "ruff", "scikit-image", "selenium"],
         # marching cubes for --export on the built-in runtime (threestudio exports with its own code)
         "export": ["scikit-image"],
     },
