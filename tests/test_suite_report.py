@@ -181,7 +181,7 @@ def test_report_from_suite_has_grid_summary_curves_and_legend(toy_suite, capsys)
     assert suite_main(["report", toy_suite]) == 0
     printed = capsys.readouterr().out
     index = os.path.join(toy_suite, "report", "index.html")
-    assert f"wrote {index}" in printed and "at 110 prompts x 5 configs" in printed
+    assert f"wrote {index}" in printed and "size at 110 prompts x 5 configs (550 cells" in printed
     page = open(index, encoding="utf-8").read()
     rows = _results(toy_suite)
     # one row per prompt, one column per config, plus the true object's column
@@ -352,6 +352,28 @@ def test_svg_chart_draws_each_series_and_notes_missing_data():
     assert "no data" in rp.svg_chart([{"points": [], "colour": "#000"}], "fidelity", "dB")
 
 
+def test_many_jobs_draw_a_band_and_seeds_get_their_own_rows():
+    cells = []
+    for seed in range(2):
+        for i in range(7):
+            curve = [(s, 0.1 * i + 0.01 * s + seed) for s in range(0, 30, 10)]
+            cells.append(
+                rp.Cell(
+                    "a", f"p{i}", seed, f"a{i}s{seed}", "done", None, metrics={"r": float(i)}, curves={"reward": curve}
+                )
+            )
+    series, how = rp.config_series(cells, "reward", "#000")
+    assert how == "band: min-max over 14 jobs, line: their mean"
+    assert series[0]["band"][0] == (0, 0.0, pytest.approx(1.6)) and len(series[1]["points"]) == 3
+    few, how = rp.config_series(cells[:3], "reward", "#000")
+    assert len(few) == 4 and how == "thin: each job, thick: their mean"
+    data = rp.ReportData("t", cells, ["a"], ["r"], {"r": "r"}, metric_info={"r": {"direction": "higher"}})
+    page, _ = rp.render_html(data, "/tmp")
+    assert page.count("<polygon") == 1
+    rows = re.findall(r'<tr data-order="\d+" data-prompt="([^"]+)" data-seed="(\d)"', page)
+    assert len(rows) == 14 and ("p3", "1") in rows and '<span class="seed">seed 1</span>' in page
+
+
 def test_read_curves_prefers_validation_reward(tmp_path):
     p = tmp_path / "metrics.csv"
     p.write_text("step,split,name,value\n1,train,reward_mean,0.1\n0,val,reward,0.2\n5,val,reward,0.4\n5,val,psnr,nan\n")
@@ -360,15 +382,21 @@ def test_read_curves_prefers_validation_reward(tmp_path):
     assert rp.read_curves(str(p)) == {"reward": [(1, 0.1), (2, 0.3)]}
 
 
-def test_page_size_estimate_arithmetic(tmp_path):
-    a, b = tmp_path / "a.mp4", tmp_path / "b.png"
-    a.write_bytes(b"x" * 3000)
-    b.write_bytes(b"y" * 1000)
-    stats = {"cells": 2, "cell_html_bytes": 1000, "curve_html_bytes": 400, "media": [str(a), str(b), str(a)]}
-    size = rp.page_size(11400, stats, prompts=110, configs=5)
-    assert size["fixed_html"] == 10000 and size["html_per_cell"] == 500 and size["curve_per_cell"] == 200
-    assert size["media_per_cell"] == 2000  # files counted once
-    assert size["est_html"] == 10000 + 700 * 550 and size["est_media"] == 2000 * 550
+def test_size_estimate_renders_the_scaled_grid(toy_suite):
+    data = rp.read_suite(toy_suite)
+    report_dir = os.path.join(toy_suite, "report")
+    size = rp.estimate_size(data, report_dir, prompts=["p1", "p2", "p3", "p4"], configs=3)
+    assert size["cells"] == 12 and size["measured_cells"] == 6
+    # the measured cells' media: video + poster of each of the 4 with media
+    files = [(c.media.path, c.media.poster) for c in data.cells if c.media is not None]
+    assert len(files) == 4
+    per_cell = sum(os.path.getsize(a) + os.path.getsize(b) for a, b in files) / 4
+    assert size["media_per_cell"] == pytest.approx(per_cell) and size["media_bytes"] == pytest.approx(12 * per_cell)
+    # the HTML is that of the rendered 4 x 3 grid: more cells, more bytes, linearly
+    bigger = rp.estimate_size(data, report_dir, prompts=8, configs=3)
+    assert bigger["html_bytes"] > size["html_bytes"] > size["measured_html_bytes"]
+    assert size["html_per_cell"] > 300
+    assert rp.gpteval3d_prompts() is not None and len(rp.gpteval3d_prompts()) == 110
 
 
 # ---------------------------------------------------------------------------- in a browser

@@ -230,22 +230,24 @@ def cmd_gather(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ddpo3d.suite.report import build_report
+    from ddpo3d.suite.report import build_report, estimate_size, gpteval3d_prompts
 
     res = build_report(args.paths, out=args.out, copy_media=args.copy_media)
-    data, size = res["data"], res["size"]
+    data = res["data"]
     missing = [c for c in data.cells if c.media is None]
     print(
         f"wrote {res['index']}: {len(data.configs)} configs, {len(data.cells)} jobs, "
-        f"{len(data.cells) - len(missing)} with a turntable"
+        f"{len(data.cells) - len(missing)} with a turntable; {res['html_bytes'] / 1e3:.1f} kB of HTML"
     )
     for c in missing[:10]:
         print(f"  no media: {c.config} / {c.prompt} (seed {c.seed}): {c.reason}")
-    print(
-        f"size: HTML {size['fixed_html'] / 1e3:.1f} kB fixed + {size['html_per_cell'] / 1e3:.2f} kB per cell "
-        f"+ {size['curve_per_cell'] / 1e3:.2f} kB of curves per job; media {size['media_per_cell'] / 1e3:.1f} kB per cell; "
-        f"at 110 prompts x 5 configs: HTML {size['est_html'] / 1e6:.2f} MB, media {size['est_media'] / 1e6:.1f} MB"
-    )
+    if data.cells:
+        size = estimate_size(data, res["out"], prompts=gpteval3d_prompts() or 110, configs=5)
+        print(
+            f"size at 110 prompts x 5 configs ({size['cells']} cells, from this page): HTML {size['html_bytes'] / 1e6:.2f} MB "
+            f"({size['html_per_cell'] / 1e3:.2f} kB per cell), media {size['media_bytes'] / 1e6:.1f} MB "
+            f"({size['media_per_cell'] / 1e3:.1f} kB per cell at this protocol's resolution and view count)"
+        )
     return 0
 
 

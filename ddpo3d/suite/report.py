@@ -482,7 +482,8 @@ def svg_chart(
     """A line chart as inline SVG.
 
     Args:
-        series: ``{"points": [(x, y)], "colour", "width", "opacity", "label"}`` per line.
+        series: ``{"points": [(x, y)], "colour", "width", "opacity", "label"}`` per line; a
+            ``"band": [(x, low, high)]`` entry is drawn as a shaded envelope.
         title: title above the plot.
         ylabel: y-axis label.
         width: pixel width.
@@ -493,6 +494,7 @@ def svg_chart(
         The ``<svg>`` element (a "no data" note when no series has points).
     """
     pts = [p for s in series for p in s["points"]]
+    pts += [(x, y) for s in series for x, lo, hi in s.get("band", ()) for y in (lo, hi)]
     esc = html.escape
     if not pts:
         return f'<div class="nodata">{esc(title)}: no data in save/metrics.csv</div>'
@@ -536,6 +538,13 @@ def svg_chart(
         f'<text transform="translate(13 {top + ph / 2}) rotate(-90)" class="tick" text-anchor="middle">{esc(ylabel)}</text>'
     )
     for s in series:
+        if s.get("band"):  # min-max envelope: the upper edge forwards, the lower edge back
+            edge = [(x, hi) for x, _, hi in s["band"]] + [(x, lo) for x, lo, _ in reversed(s["band"])]
+            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in edge)
+            parts.append(
+                f'<polygon points="{path}" fill="{s["colour"]}" fill-opacity="0.18" stroke="none">'
+                f"<title>{esc(s.get('label', ''))}</title></polygon>"
+            )
         if not s["points"]:
             continue
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s["points"])
@@ -547,12 +556,49 @@ def svg_chart(
     return "".join(parts)
 
 
-def _mean_curve(curves: List[List[Tuple[int, float]]]) -> List[Tuple[int, float]]:
+#: above this many jobs per config a chart shows their min-max band and mean instead of every line
+MAX_LINES = 12
+
+
+def _by_step(curves: List[List[Tuple[int, float]]]) -> List[Tuple[int, List[float]]]:
     by_step: Dict[int, List[float]] = {}
     for c in curves:
         for s, v in c:
             by_step.setdefault(s, []).append(v)
-    return [(s, sum(v) / len(v)) for s, v in sorted(by_step.items())]
+    return sorted(by_step.items())
+
+
+def _mean_curve(curves: List[List[Tuple[int, float]]]) -> List[Tuple[int, float]]:
+    return [(s, sum(v) / len(v)) for s, v in _by_step(curves)]
+
+
+def config_series(cells: List[Cell], key: str, colour: str) -> Tuple[List[Dict[str, Any]], str]:
+    """The chart series of one config's jobs for ``key`` (``reward`` / ``fidelity``), and how to read them.
+
+    Up to ``MAX_LINES`` jobs: a thin line per job and a thick mean; more: the min-max band and the mean.
+    """
+    jobs = [x for x in cells if x.curves.get(key)]
+    lines = [x.curves[key] for x in jobs]
+    if len(lines) > MAX_LINES:
+        band = [(s, min(v), max(v)) for s, v in _by_step(lines)]
+        mean = {"points": _mean_curve(lines), "colour": colour, "width": 3, "label": "mean over jobs"}
+        return [{"points": [], "band": band, "colour": colour, "label": "min-max over jobs"}, mean], (
+            f"band: min-max over {len(lines)} jobs, line: their mean"
+        )
+    series = [
+        {
+            "points": x.curves[key],
+            "colour": colour,
+            "width": 1.2,
+            "opacity": 0.35,
+            "label": f"{x.prompt} (seed {x.seed})",
+        }
+        for x in jobs
+    ]
+    if len(lines) > 1:
+        series.append({"points": _mean_curve(lines), "colour": colour, "width": 3, "label": "mean over jobs"})
+        return series, "thin: each job, thick: their mean"
+    return series, "one job"
 
 
 # ---------------------------------------------------------------------------- page
@@ -964,33 +1010,21 @@ def render_html(data: ReportData, report_dir: str, copy_media: bool = False) -> 
         members = [x for x in data.cells if x.config == c]
         reward = next((x.train_reward for x in members if x.train_reward), None)
         charts = []
+        how = ""
         for key, title, ylabel, yr in (
             ("reward", f"reward: {reward or 'as logged'} (validation views)", "reward", None),
             ("fidelity", "fidelity: PSNR to the true object (dB)", "PSNR (dB)", fid_range),
         ):
-            lines = [x.curves[key] for x in members if x.curves.get(key)]
-            if key == "fidelity" and not lines:
+            series, text = config_series(members, key, colour[c])
+            if key == "fidelity" and not series:
                 continue  # only the toy world logs fidelity
-            series = [
-                {
-                    "points": pts,
-                    "colour": colour[c],
-                    "width": 1.2,
-                    "opacity": 0.35,
-                    "label": f"{x.prompt} (seed {x.seed})",
-                }
-                for x, pts in ((x, x.curves[key]) for x in members if x.curves.get(key))
-            ]
-            if len(lines) > 1:
-                series.append(
-                    {"points": _mean_curve(lines), "colour": colour[c], "width": 3, "label": "mean over jobs"}
-                )
+            how = how or text
             charts.append(svg_chart(series, title, ylabel, yrange=yr))
         objective = next((x.objective for x in members if x.objective), None)
         sub = f"objective {objective}; " if objective else ""
         out.append(
             f'<div class="card" data-col="{col[c]}"><h3><span class="swatch" style="background:{colour[c]}"></span>{esc(c)}</h3>'
-            f'<div class="sub">{esc(sub)}thin: each job, thick: their mean</div>{"".join(charts)}</div>'
+            f'<div class="sub">{esc(sub + how)}</div>{"".join(charts)}</div>'
         )
     out.append("</div></section>")
     curve_bytes = sum(len(s.encode("utf-8")) for s in out) - curve_start
@@ -1050,31 +1084,74 @@ def render_html(data: ReportData, report_dir: str, copy_media: bool = False) -> 
     return page, stats
 
 
-def page_size(html_bytes: int, stats: Dict[str, Any], prompts: int = 110, configs: int = 5) -> Dict[str, float]:
-    """Estimate the page for ``prompts`` × ``configs`` cells from a measured report.
+def gpteval3d_prompts() -> Optional[List[str]]:
+    """GPTEval3D's 110 prompts from ``configs/suites/prompts/`` when this is a source checkout."""
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        "configs",
+        "suites",
+        "prompts",
+        "gpteval3d-prompts.json",
+    )
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompts = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return [str(p) for p in prompts] if isinstance(prompts, list) and prompts else None
 
-    HTML grows by each cell's markup and its curve line; everything else (styles, script, tables)
-    stays. Media grow by the mean bytes a cell links (video + poster; the ground-truth column reuses
-    a cell's files).
+
+def estimate_size(data: ReportData, report_dir: str, prompts: Any = 110, configs: int = 5) -> Dict[str, float]:
+    """The page's size for a larger suite, scaled up from a measured one.
+
+    The grid is rebuilt with ``prompts`` × ``configs`` cells, each a copy of a measured cell of the
+    same config (cycling through them; configs beyond the measured ones repeat them), and the page
+    is rendered in memory: its HTML bytes are exact for that grid. Media are the mean bytes a
+    measured cell links (video and poster; the ground-truth column reuses a cell's files) times the
+    cell count; they scale with the render resolution and view count of the protocol.
+
+    Args:
+        data: a measured report.
+        report_dir: where the page would live (for relative links).
+        prompts: a prompt count or the prompts themselves (e.g. :func:`gpteval3d_prompts`).
+        configs: config count.
 
     Returns:
-        ``{"cells", "html_per_cell", "curve_per_cell", "fixed_html", "media_per_cell", "est_html", "est_media"}``.
+        ``{"cells", "html_bytes", "html_per_cell", "media_per_cell", "media_bytes", "measured_cells",
+        "measured_html_bytes"}``.
     """
-    n = max(1, stats["cells"])
-    files = dict.fromkeys(stats["media"])
-    media_bytes = sum(os.path.getsize(p) for p in files if os.path.isfile(p))
-    per_cell = stats["cell_html_bytes"] / n
-    per_curve = stats["curve_html_bytes"] / n
-    fixed = html_bytes - stats["cell_html_bytes"] - stats["curve_html_bytes"]
-    target = prompts * configs
+    import dataclasses
+
+    names = [f"prompt {i}" for i in range(prompts)] if isinstance(prompts, int) else list(prompts)
+    measured, _ = render_html(data, report_dir)
+    with_media = [c for c in data.cells if c.media is not None]
+    media = [
+        sum(os.path.getsize(p) for p in (c.media.path, c.media.poster) if p and os.path.isfile(p)) for c in with_media
+    ]
+    media_per_cell = sum(media) / len(media) if media else 0.0
+    cells = []
+    config_names = []
+    for k in range(configs):
+        base = data.configs[k % len(data.configs)]
+        name = base if k < len(data.configs) else f"{base} ({k + 1})"
+        config_names.append(name)
+        pool = [c for c in data.cells if c.config == base and c.media is not None] or [
+            c for c in data.cells if c.config == base
+        ]
+        for i, prompt in enumerate(names):
+            cells.append(dataclasses.replace(pool[i % len(pool)], config=name, prompt=prompt, seed=0))
+    scaled = dataclasses.replace(data, cells=cells, configs=config_names)
+    page, _ = render_html(scaled, report_dir)
+    n = len(cells)
+    html_bytes = len(page.encode("utf-8"))
     return {
-        "cells": stats["cells"],
-        "html_per_cell": per_cell,
-        "curve_per_cell": per_curve,
-        "fixed_html": fixed,
-        "media_per_cell": media_bytes / n,
-        "est_html": fixed + (per_cell + per_curve) * target,
-        "est_media": media_bytes / n * target,
+        "cells": n,
+        "html_bytes": html_bytes,
+        "html_per_cell": (html_bytes - len(measured.encode("utf-8"))) / max(1, n - len(data.cells)),
+        "media_per_cell": media_per_cell,
+        "media_bytes": media_per_cell * n,
+        "measured_cells": len(data.cells),
+        "measured_html_bytes": len(measured.encode("utf-8")),
     }
 
 
@@ -1087,7 +1164,7 @@ def build_report(paths: List[str], out: Optional[str] = None, copy_media: bool =
         copy_media: copy the media into ``<out>/media/`` instead of linking them.
 
     Returns:
-        ``{"index": path, "data": ReportData, "stats": ..., "size": page_size(...)}``.
+        ``{"index": path, "data": ReportData, "html_bytes": size of index.html}``.
 
     Raises:
         ReportError: a path that is neither a suite nor a trial folder, or no ``out`` for trials.
@@ -1115,8 +1192,7 @@ def build_report(paths: List[str], out: Optional[str] = None, copy_media: bool =
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(page)
     os.replace(tmp, index)
-    size = page_size(len(page.encode("utf-8")), stats)
-    return {"index": index, "data": data, "stats": stats, "size": size}
+    return {"index": index, "data": data, "html_bytes": len(page.encode("utf-8")), "out": out}
 
 
 __all__ = [
@@ -1127,7 +1203,8 @@ __all__ = [
     "build_report",
     "find_media",
     "metric_direction",
-    "page_size",
+    "estimate_size",
+    "gpteval3d_prompts",
     "read_suite",
     "read_trials",
     "read_curves",
