@@ -525,6 +525,7 @@ def _expected_order(out: str, config: str, metric: str) -> tuple:
     return config, metric, [r["prompt"] for r in valued], [r["prompt"] for r in rows if r[metric] == ""]
 
 
+@pytest.mark.slow  # about 12 s on 2 busy cores: two browser starts
 def test_report_in_headless_chromium(toy_suite):
     res = rp.build_report([toy_suite])
     expected = _expected_order(toy_suite, "ddpo", "brightness")
@@ -532,6 +533,19 @@ def test_report_in_headless_chromium(toy_suite):
     state = check_page_in_browser(res["index"], SHOTS, _expected_order(toy_suite, "sds", "brightness"), "ddpo")
     # every cell with media on disk is on the page: 4 done jobs + 3 ground-truth cells
     assert len(state["videos"]) == 4 + 3
+    # the check sees a missing file: the cell (and the true object's cell using the same video) fall back
+    video = re.search(r'<video src="([^"]+)"', open(res["index"], encoding="utf-8").read()).group(1)
+    os.remove(os.path.join(os.path.dirname(res["index"]), video))
+    driver = _browser()
+    try:
+        driver.get("file://" + res["index"])
+        errors = _wait(driver, "return window.__mediaErrors.length ? window.__mediaErrors : null")
+        assert errors and set(errors) == {video}
+        assert any("ERR_FILE_NOT_FOUND" in e["message"] for e in driver.get_log("browser"))
+        notes = driver.execute_script("return Array.from(document.querySelectorAll('.note')).map(n => n.textContent)")
+        assert notes and all("could not load or play" in n for n in notes)
+    finally:
+        driver.quit()
 
 
 @pytest.mark.slow

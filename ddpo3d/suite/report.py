@@ -685,7 +685,7 @@ JS = r"""
       img.src = poster; img.style.cssText = el.style.cssText; img.alt = el.getAttribute("aria-label") || "";
       el.replaceWith(img);
       var n = document.createElement("div"); n.className = "note";
-      n.textContent = "this browser cannot play " + src + "; first test view shown";
+      n.textContent = "could not load or play " + src + " (missing file, or no H.264 in this browser); first test view shown";
       frame.after(n);
     } else {
       var p = document.createElement("div"); p.className = "placeholder failed";
