@@ -255,7 +255,7 @@ def test_video_missing_falls_back_to_the_first_test_view(toy_suite):
     os.remove(os.path.join(save, "it4-test.mp4"))
     media, step, _ = rp.find_media([save])
     assert media.kind == "image" and media.path.endswith(os.path.join("it4-test", "0.png")) and step == 4
-    assert media.panels == 3 and "no turntable video" in media.note
+    assert media.panels == 3 and media.panel_px == 32 and "no turntable video" in media.note
 
 
 def test_plain_trial_folders(toy_suite, tmp_path, capsys):

@@ -58,6 +58,7 @@ class Media:
     path: str  # absolute path of the file
     poster: Optional[str] = None  # first test grid (shown before the video plays / if it cannot)
     panels: int = 1  # panels side by side in each frame (render | reference | normal | opacity)
+    panel_px: int = 0  # width of one panel in pixels (0: unknown)
     note: Optional[str] = None  # why an image stands in for a video
 
 
@@ -234,7 +235,7 @@ def find_media(save_dirs: List[str]) -> Tuple[Optional[Media], Optional[int], st
         mp4 = _latest(save, _MP4, want_dir=False)
         grid = _latest(save, _GRID, want_dir=True)
         poster = _first_png(grid[1]) if grid else None
-        panels = 1
+        panels, panel_px = 1, 0
         if poster:
             size = _image_size(poster)
             rgb = _first_png(os.path.join(save, f"it{grid[0]}-test-rgb"))
@@ -242,11 +243,12 @@ def find_media(save_dirs: List[str]) -> Tuple[Optional[Media], Optional[int], st
             panel_w = rgb_size[0] if rgb_size else (size[1] if size else 0)  # square panels without RGB views
             if size and panel_w:
                 panels = max(1, round(size[0] / panel_w))
+                panel_px = int(panel_w)
         if mp4:
-            return Media("video", mp4[1], poster=poster, panels=panels), mp4[0], ""
+            return Media("video", mp4[1], poster=poster, panels=panels, panel_px=panel_px), mp4[0], ""
         if poster:
             note = f"no turntable video in {save}; first test view shown"
-            return Media("image", poster, panels=panels, note=note), grid[0], ""
+            return Media("image", poster, panels=panels, panel_px=panel_px, note=note), grid[0], ""
     where = " or ".join(save_dirs) if save_dirs else "(no save folder)"
     return None, None, f"no turntable video (it<step>-test.mp4) or test views in {where}"
 
@@ -806,7 +808,8 @@ def _href(path: str, report_dir: str) -> str:
 def _media_html(media: Media, panel: int, src: str, poster: Optional[str], label: str) -> str:
     """A frame showing one panel of the (possibly multi-panel) turntable."""
     style = f"width:{media.panels * 100}%;left:-{panel * 100}%"
-    smooth = ""
+    # small renders are enlarged with visible pixels; large ones are smoothed when shrunk
+    smooth = " smooth" if media.panel_px >= 256 else ""
     if media.kind == "video":
         p = f' poster="{poster}"' if poster else ""
         tag = (
