@@ -256,6 +256,12 @@ def test_video_missing_falls_back_to_the_first_test_view(toy_suite):
     media, step, _ = rp.find_media([save])
     assert media.kind == "image" and media.path.endswith(os.path.join("it4-test", "0.png")) and step == 4
     assert media.panels == 3 and media.panel_px == 32 and "no turntable video" in media.note
+    # a video in a later folder (the training run's) beats the still image of the first one
+    other = next(r["job_id"] for r in _results(toy_suite) if r["config"] == "ddpo" and r["state"] == "done")
+    other_save = os.path.join(JobDir(toy_suite, other).root, f"eval-{_key(job.root)}", "save")
+    shutil.copy(os.path.join(other_save, "it4-test.mp4"), os.path.join(job.trial, "save", "it4-test.mp4"))
+    media, step, _ = rp.find_media([save, os.path.join(job.trial, "save")])
+    assert media.kind == "video" and media.path == os.path.join(job.trial, "save", "it4-test.mp4") and step == 4
 
 
 def test_plain_trial_folders(toy_suite, tmp_path, capsys):

@@ -222,7 +222,7 @@ def _first_png(folder: str) -> Optional[str]:
 
 
 def find_media(save_dirs: List[str]) -> Tuple[Optional[Media], Optional[int], str]:
-    """The newest turntable under the first of ``save_dirs`` that has one.
+    """A job's turntable: the newest video of the first of ``save_dirs`` that has one, else its first test view.
 
     Args:
         save_dirs: ``save/`` folders in order of preference (the protocol's render, then training's).
@@ -231,6 +231,7 @@ def find_media(save_dirs: List[str]) -> Tuple[Optional[Media], Optional[int], st
         ``(media, step, why_none)``: the video (or, without one, the first test view as an image),
         its step, and the reason when there is neither.
     """
+    found = []
     for save in save_dirs:
         mp4 = _latest(save, _MP4, want_dir=False)
         grid = _latest(save, _GRID, want_dir=True)
@@ -244,10 +245,15 @@ def find_media(save_dirs: List[str]) -> Tuple[Optional[Media], Optional[int], st
             if size and panel_w:
                 panels = max(1, round(size[0] / panel_w))
                 panel_px = int(panel_w)
+        found.append((mp4, grid, poster, panels, panel_px))
+    for mp4, grid, poster, panels, panel_px in found:  # a video anywhere beats a still image
         if mp4:
+            if grid is None or grid[0] != mp4[0]:
+                poster = None  # the grid of another step would not match the video
             return Media("video", mp4[1], poster=poster, panels=panels, panel_px=panel_px), mp4[0], ""
+    for _, grid, poster, panels, panel_px in found:
         if poster:
-            note = f"no turntable video in {save}; first test view shown"
+            note = "no turntable video yet; first test view shown"
             return Media("image", poster, panels=panels, panel_px=panel_px, note=note), grid[0], ""
     where = " or ".join(save_dirs) if save_dirs else "(no save folder)"
     return None, None, f"no turntable video (it<step>-test.mp4) or test views in {where}"
@@ -477,8 +483,8 @@ def svg_chart(
     series: List[Dict[str, Any]],
     title: str,
     ylabel: str,
-    width: int = 420,
-    height: int = 240,
+    width: int = 340,
+    height: int = 220,
     yrange: Optional[Tuple[float, float]] = None,
 ) -> str:
     """A line chart as inline SVG.
@@ -600,6 +606,8 @@ def config_series(cells: List[Cell], key: str, colour: str) -> Tuple[List[Dict[s
     if len(lines) > 1:
         series.append({"points": _mean_curve(lines), "colour": colour, "width": 3, "label": "mean over jobs"})
         return series, "thin: each job, thick: their mean"
+    for one in series:
+        one.update(width=2.5, opacity=1)
     return series, "one job"
 
 
