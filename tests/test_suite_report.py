@@ -30,8 +30,8 @@ FAKE = os.path.join(ROOT, "tests", "suite_fake_launch.py")
 TOY = [os.path.join(ROOT, "configs", "toy", "sds.yaml"), os.path.join(ROOT, "configs", "toy", "ddpo-brightness.yaml")]
 PROMPTS = ["a red sphere", "a blue cube", "a green torus"]
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220), "green": (40, 170, 60)}
-#: the screenshots of the browser test (also printed by it)
-SHOTS = os.environ.get("DDPO3D_REPORT_SHOTS", "/tmp/report-shots")
+#: where the browser test saves its screenshots (default: its tmp_path; the path is printed)
+SHOTS = os.environ.get("DDPO3D_REPORT_SHOTS")
 
 
 def _frame(prompt: str, i: int, n: int, size: int, tint: float) -> np.ndarray:
@@ -532,11 +532,12 @@ def _expected_order(out: str, config: str, metric: str) -> tuple:
 
 
 @pytest.mark.slow  # about 12 s on 2 busy cores: two browser starts
-def test_report_in_headless_chromium(toy_suite):
+def test_report_in_headless_chromium(toy_suite, tmp_path):
     res = rp.build_report([toy_suite])
     expected = _expected_order(toy_suite, "ddpo", "brightness")
     assert len(expected[2]) == 1 and len(expected[3]) == 2  # one scored, one failed, one running
-    state = check_page_in_browser(res["index"], SHOTS, _expected_order(toy_suite, "sds", "brightness"), "ddpo")
+    shots = SHOTS or str(tmp_path / "shots")
+    state = check_page_in_browser(res["index"], shots, _expected_order(toy_suite, "sds", "brightness"), "ddpo")
     # every cell with media on disk is on the page: 4 done jobs + 3 ground-truth cells
     assert len(state["videos"]) == 4 + 3
     # the check sees a missing file: the cell (and the true object's cell using the same video) fall back

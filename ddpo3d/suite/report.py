@@ -1023,7 +1023,7 @@ def render_html(data: ReportData, report_dir: str, copy_media: bool = False) -> 
         charts = []
         how = ""
         for key, title, ylabel, yr in (
-            ("reward", f"reward: {reward or 'as logged'} (validation views)", "reward", None),
+            ("reward", f"reward: {reward or 'as logged'}", "reward (validation views)", None),
             ("fidelity", "fidelity: PSNR to the true object (dB)", "PSNR (dB)", fid_range),
         ):
             series, text = config_series(members, key, colour[c])
@@ -1059,7 +1059,12 @@ def render_html(data: ReportData, report_dir: str, copy_media: bool = False) -> 
         for m in data.metrics:
             inf = data.metric_info.get(m, {})
             block = inf.get("block")
-            model = inf.get("model") or (f"{block.get('type')} (no model)" if isinstance(block, dict) else "–")
+            if inf.get("model"):
+                model = inf["model"]
+            elif isinstance(block, dict):
+                model = f"{block.get('type')} (no model)"
+            else:
+                model = "the system's own scalar (e.g. the toy world's PSNR to the true object)"
             better = {"higher": "higher ↑", "lower": "lower ↓"}.get(inf.get("direction") or "", "unknown (not marked)")
             out.append(
                 f"<tr><td><code>{esc(m)}</code></td><td>{esc(str(model))}</td><td>{esc(str(inf.get('views', '–')))}</td>"
