@@ -171,7 +171,7 @@ def _results(out: str) -> list:
 
 
 def _srcs(page: str) -> list:
-    return re.findall(r'(?:src|poster)="([^"]+)"', page)
+    return re.findall(r'(?:src|data-fallback)="([^"]+)"', page)
 
 
 # ---------------------------------------------------------------------------- HTML structure
@@ -318,7 +318,7 @@ def test_copy_media_makes_the_report_folder_stand_alone(tmp_path, monkeypatch):
     shutil.move(os.path.dirname(res["index"]), moved)
     page = open(os.path.join(moved, "index.html"), encoding="utf-8").read()
     srcs = _srcs(page)
-    assert len(srcs) == 2 * 6 + 2 * 3  # video + poster per cell and per ground-truth cell (shared files)
+    assert len(srcs) == 2 * 6 + 2 * 3  # video + fallback view per cell and per ground-truth cell (shared files)
     assert all(s.startswith("media/") and os.path.isfile(os.path.join(moved, s)) for s in srcs)
     assert "copied into report/media/" in page
 
@@ -393,11 +393,12 @@ def test_size_estimate_renders_the_scaled_grid(toy_suite):
     report_dir = os.path.join(toy_suite, "report")
     size = rp.estimate_size(data, report_dir, prompts=["p1", "p2", "p3", "p4"], configs=3)
     assert size["cells"] == 12 and size["measured_cells"] == 6
-    # the measured cells' media: video + poster of each of the 4 with media
+    # the measured cells' media: the video of each of the 4 with media; their fallback views apart
     files = [(c.media.path, c.media.poster) for c in data.cells if c.media is not None]
     assert len(files) == 4
-    per_cell = sum(os.path.getsize(a) + os.path.getsize(b) for a, b in files) / 4
+    per_cell = sum(os.path.getsize(a) for a, _ in files) / 4
     assert size["media_per_cell"] == pytest.approx(per_cell) and size["media_bytes"] == pytest.approx(12 * per_cell)
+    assert size["fallback_per_cell"] == pytest.approx(sum(os.path.getsize(b) for _, b in files) / 4)
     # the HTML is that of the rendered 4 x 3 grid: more cells, more bytes, linearly
     bigger = rp.estimate_size(data, report_dir, prompts=8, configs=3)
     assert bigger["html_bytes"] > size["html_bytes"] > size["measured_html_bytes"]

@@ -246,7 +246,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(
             f"size at 110 prompts x 5 configs ({size['cells']} cells, from this page): HTML {size['html_bytes'] / 1e6:.2f} MB "
             f"({size['html_per_cell'] / 1e3:.2f} kB per cell), media {size['media_bytes'] / 1e6:.1f} MB "
-            f"({size['media_per_cell'] / 1e3:.1f} kB per cell at this protocol's resolution and view count)"
+            f"({size['media_per_cell'] / 1e3:.1f} kB of video per cell at this protocol's resolution and view count; "
+            f"+{size['fallback_per_cell'] / 1e3:.1f} kB per cell of fallback views, loaded only if a video fails)"
         )
     return 0
 

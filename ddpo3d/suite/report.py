@@ -56,7 +56,7 @@ class Media:
 
     kind: str  # "video" or "image"
     path: str  # absolute path of the file
-    poster: Optional[str] = None  # first test grid (shown before the video plays / if it cannot)
+    poster: Optional[str] = None  # first test grid: shown instead when the video cannot load or play
     panels: int = 1  # panels side by side in each frame (render | reference | normal | opacity)
     panel_px: int = 0  # width of one panel in pixels (0: unknown)
     note: Optional[str] = None  # why an image stands in for a video
@@ -689,7 +689,7 @@ JS = r"""
     window.__mediaErrors.push(src);
     var frame = el.closest(".frame");
     if (!frame) return;
-    var poster = el.tagName === "VIDEO" ? el.getAttribute("poster") : null;
+    var poster = el.tagName === "VIDEO" ? el.getAttribute("data-fallback") : null;
     if (poster) {  // e.g. a browser without H.264: the first test view instead
       var img = document.createElement("img");
       img.src = poster; img.style.cssText = el.style.cssText; img.alt = el.getAttribute("aria-label") || "";
@@ -819,7 +819,8 @@ def _media_html(media: Media, panel: int, src: str, poster: Optional[str], label
     # small renders are enlarged with visible pixels; large ones are smoothed when shrunk
     smooth = " smooth" if media.panel_px >= 256 else ""
     if media.kind == "video":
-        p = f' poster="{poster}"' if poster else ""
+        # the first test view is fetched only if the video fails (a poster would load with the page)
+        p = f' data-fallback="{poster}"' if poster else ""
         tag = (
             f'<video src="{src}"{p} muted loop playsinline preload="metadata" style="{style}" '
             f'aria-label="{html.escape(label)}"></video>'
@@ -1123,8 +1124,10 @@ def estimate_size(data: ReportData, report_dir: str, prompts: Any = 110, configs
     The grid is rebuilt with ``prompts`` × ``configs`` cells, each a copy of a measured cell of the
     same config (cycling through them; configs beyond the measured ones repeat them), and the page
     is rendered in memory: its HTML bytes are exact for that grid. Media are the mean bytes a
-    measured cell links (video and poster; the ground-truth column reuses a cell's files) times the
-    cell count; they scale with the render resolution and view count of the protocol.
+    measured cell loads (its video; the ground-truth column reuses a cell's) times the cell count;
+    they scale with the render resolution and view count of the protocol. The first test view each
+    cell keeps as a fallback is counted apart (``fallback_per_cell``: on disk, loaded only if a
+    video fails).
 
     Args:
         data: a measured report.
@@ -1133,18 +1136,20 @@ def estimate_size(data: ReportData, report_dir: str, prompts: Any = 110, configs
         configs: config count.
 
     Returns:
-        ``{"cells", "html_bytes", "html_per_cell", "media_per_cell", "media_bytes", "measured_cells",
-        "measured_html_bytes"}``.
+        ``{"cells", "html_bytes", "html_per_cell", "media_per_cell", "media_bytes", "fallback_per_cell",
+        "measured_cells", "measured_html_bytes"}``.
     """
     import dataclasses
 
     names = [f"prompt {i}" for i in range(prompts)] if isinstance(prompts, int) else list(prompts)
     measured, _ = render_html(data, report_dir)
     with_media = [c for c in data.cells if c.media is not None]
-    media = [
-        sum(os.path.getsize(p) for p in (c.media.path, c.media.poster) if p and os.path.isfile(p)) for c in with_media
-    ]
+    media = [os.path.getsize(c.media.path) for c in with_media if os.path.isfile(c.media.path)]
     media_per_cell = sum(media) / len(media) if media else 0.0
+    fallback = [
+        os.path.getsize(c.media.poster) for c in with_media if c.media.poster and os.path.isfile(c.media.poster)
+    ]
+    fallback_per_cell = sum(fallback) / len(with_media) if with_media else 0.0
     cells = []
     config_names = []
     for k in range(configs):
@@ -1166,6 +1171,7 @@ def estimate_size(data: ReportData, report_dir: str, prompts: Any = 110, configs
         "html_per_cell": (html_bytes - len(measured.encode("utf-8"))) / max(1, n - len(data.cells)),
         "media_per_cell": media_per_cell,
         "media_bytes": media_per_cell * n,
+        "fallback_per_cell": fallback_per_cell,
         "measured_cells": len(data.cells),
         "measured_html_bytes": len(measured.encode("utf-8")),
     }
