@@ -520,6 +520,24 @@ def check_page_in_browser(index: str, out_dir: str, expected_order, hide_config:
             col,
         )
         assert hidden and all(hidden) and shown and all(shown)
+
+        # the summary table sorts its configs by a clicked header (best first)
+        th = driver.find_element(By.XPATH, f'//table[@id="summary"]/thead/tr/th[starts-with(., "{metric} (")]')
+        driver.execute_script("arguments[0].click()", th)
+        got = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#summary tbody tr')).map(r => r.cells[0].textContent)"
+        )
+        means = {}
+        for r in _results(os.path.dirname(os.path.dirname(index))):
+            if r[metric] != "":
+                means.setdefault(r["config"], []).append(float(r[metric]))
+        ranked = sorted(means, key=lambda c: -sum(means[c]) / len(means[c]))
+        assert got[: len(ranked)] == ranked
+        driver.execute_script("arguments[0].click()", th)  # again: worst first
+        got = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#summary tbody tr')).map(r => r.cells[0].textContent)"
+        )
+        assert got[: len(ranked)] == ranked[::-1]
         return state
     finally:
         driver.quit()
