@@ -21,6 +21,13 @@ EXT_CONFIGS = sorted(
     if not c.stem.startswith("dreamreward")
 )
 REWARD_BLOCKS = ROOT / "custom" / "threestudio-ddpo3d" / "configs" / "rewards"
+#: the loss term each shipped config's objective returns (by the config's name; default loss_ddpo)
+SHIPPED_TERMS = {
+    "reward-backprop": "loss_reward",
+    "reward-tilted": "loss_tilt",
+    "reward-sds": "loss_rsds",
+    "dreamdpo": "loss_dpo",
+}
 
 
 class _TinyModels(dict):
@@ -67,9 +74,12 @@ def reduced_overrides(tiny, config: Path, out: Path) -> list:
             "system.geometry.pos_encoding_config.n_levels=4",
             "system.geometry.pos_encoding_config.log2_hashmap_size=10",
         ]
+    # RewardSDS: 4 noise candidates instead of the authors' 7 (min-max needs n_max + n_min = 4)
+    objective = ["system.guidance.objective.num_candidates=4"] if "type: reward-sds" in text else []
     return (
         progressive
         + geometry
+        + objective
         + [
             f"exp_root_dir={out}",
             "use_timestamp=false",
@@ -123,7 +133,7 @@ def test_shipped_config_trains_reduced_on_cpu(config, tiny, tmp_path):
     save = trial / "save"
     assert (trial / "ckpts" / "last.ckpt").is_file()
     assert (save / "it2-test.mp4").is_file()
-    term = "loss_reward" if "reward-backprop" in config.stem else "loss_ddpo"
+    term = next((t for key, t in SHIPPED_TERMS.items() if key in config.stem), "loss_ddpo")
     if "ddpo3d-system" not in config.read_text():
         # magic3d-system is the host's own: the guidance's terms reach its Lightning logs
         logged = read_lightning_csv(next(trial.glob("csv_logs/*/metrics.csv")))
