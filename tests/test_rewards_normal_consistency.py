@@ -138,3 +138,17 @@ def test_a_weighted_geometry_reward_passes_render_out_to_its_term():
     assert torch.allclose(weighted(images, ["", ""], render_out=ro), expected, atol=1e-6)
     with pytest.raises(ValueError, match="render_out"):
         weighted(images, ["", ""])
+
+
+def test_non_finite_geometry_is_a_non_finite_reward_in_training():
+    """Inside a training step (the training guard's scope) a NaN surface raises NonFiniteError, which
+    skips the update; outside it (eval scoring) the NaN is returned and logged."""
+    from ddpo3d.utils.finite import NonFiniteError, finite_rewards_required
+
+    reward = build_reward({"type": "normal-consistency"})
+    ro = sphere_scene()
+    ro["depth"][0, 10, 10, 0] = float("nan")
+    images = torch.rand(2, 24, 24, 3)
+    assert torch.isnan(reward(images, ["", ""], render_out=ro)[0])
+    with finite_rewards_required(), pytest.raises(NonFiniteError, match="normal-consistency"):
+        reward(images, ["", ""], render_out=ro)
