@@ -47,10 +47,18 @@ class _TinyModels(dict):
         return self[key]
 
 
-# Gaussian configs: their reduced runs (with densification checks) are in test_gaussian_configs.py's
-# quick tier, so here they run in the slow tier only
+# Slow tier only here: the Gaussian configs (their reduced runs, with densification checks, are in
+# test_gaussian_configs.py's quick tier) and the SDS-family objectives' configs (their toy configs run
+# reduced in test_objectives_sds_terms_runs.py's quick tier; 25-50 s each here)
+SDS_FAMILY = ("reward-tilted", "reward-sds", "dreamdpo")
 EXT_PARAMS = [
-    pytest.param(c, id=c.stem, marks=[pytest.mark.slow] if "ddpo3d-gaussian-splat" in c.read_text() else [])
+    pytest.param(
+        c,
+        id=c.stem,
+        marks=[pytest.mark.slow]
+        if "ddpo3d-gaussian-splat" in c.read_text() or any(k in c.stem for k in SDS_FAMILY)
+        else [],
+    )
     for c in EXT_CONFIGS
 ]
 
