@@ -55,7 +55,10 @@ def test_reward_backprop_gradient_reaches_geometry_with_the_set_strength(mode):
     )
     assert {"loss_reward", "reward_mean", "align_to_sds_grad_ratio", "align_raw_to_sds_grad_ratio"} <= set(out)
     assert out["reward_mean"] == pytest.approx(float(reward(rgb, ["", ""], render_out=ro).mean()), abs=1e-6)
-    g_rgb, g_depth, g_normal = torch.autograd.grad(out["loss_reward"], [rgb, ro["depth"], ro["comp_normal"]])
+    g_rgb, g_depth, g_normal = torch.autograd.grad(
+        out["loss_reward"], [rgb, ro["depth"], ro["comp_normal"]], retain_graph=True
+    )
+    (sds_at_render,) = torch.autograd.grad(out["loss_sds"], rgb)  # SDS's gradient at the render
     assert float(g_rgb.abs().max()) == 0.0  # the reward does not read the colours
     assert float(g_depth.abs().sum()) > 0 and float(g_normal.abs().sum()) > 0
     sent = torch.cat([g_depth.flatten(1), g_normal.flatten(1)], 1).norm(dim=1)
@@ -65,6 +68,7 @@ def test_reward_backprop_gradient_reaches_geometry_with_the_set_strength(mode):
         assert torch.allclose(sent, raw, rtol=1e-5)
     else:  # ratio: one factor per view on every tensor (directions kept); the logged ratio is grad_ratio
         assert out["align_to_sds_grad_ratio"] == pytest.approx(0.5, rel=1e-4)
+        assert torch.allclose(sent, 0.5 * sds_at_render.flatten(1).norm(dim=1), rtol=1e-4)
         ratio = sent / raw
         assert torch.allclose(g_normal, raw_n * ratio.view(-1, 1, 1, 1), rtol=1e-4, atol=1e-9)
         assert torch.allclose(g_depth, raw_d * ratio.view(-1, 1, 1, 1), rtol=1e-4, atol=1e-9)
