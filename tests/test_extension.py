@@ -21,6 +21,13 @@ EXT_CONFIGS = sorted(
     if not c.stem.startswith("dreamreward")
 )
 REWARD_BLOCKS = ROOT / "custom" / "threestudio-ddpo3d" / "configs" / "rewards"
+#: the loss term each shipped config's objective returns (by the config's name; default loss_ddpo)
+SHIPPED_TERMS = {
+    "reward-backprop": "loss_reward",
+    "reward-tilted": "loss_tilt",
+    "reward-sds": "loss_rsds",
+    "dreamdpo": "loss_dpo",
+}
 
 
 class _TinyModels(dict):
@@ -40,10 +47,18 @@ class _TinyModels(dict):
         return self[key]
 
 
-# Gaussian configs: their reduced runs (with densification checks) are in test_gaussian_configs.py's
-# quick tier, so here they run in the slow tier only
+# Slow tier only here: the Gaussian configs (their reduced runs, with densification checks, are in
+# test_gaussian_configs.py's quick tier) and the SDS-family objectives' configs (their toy configs run
+# reduced in test_objectives_sds_terms_runs.py's quick tier; 25-50 s each here)
+SDS_FAMILY = ("reward-tilted", "reward-sds", "dreamdpo")
 EXT_PARAMS = [
-    pytest.param(c, id=c.stem, marks=[pytest.mark.slow] if "ddpo3d-gaussian-splat" in c.read_text() else [])
+    pytest.param(
+        c,
+        id=c.stem,
+        marks=[pytest.mark.slow]
+        if "ddpo3d-gaussian-splat" in c.read_text() or any(k in c.stem for k in SDS_FAMILY)
+        else [],
+    )
     for c in EXT_CONFIGS
 ]
 
@@ -67,9 +82,12 @@ def reduced_overrides(tiny, config: Path, out: Path) -> list:
             "system.geometry.pos_encoding_config.n_levels=4",
             "system.geometry.pos_encoding_config.log2_hashmap_size=10",
         ]
+    # RewardSDS: 4 noise candidates instead of the authors' 7 (min-max needs n_max + n_min = 4)
+    objective = ["system.guidance.objective.num_candidates=4"] if "type: reward-sds" in text else []
     return (
         progressive
         + geometry
+        + objective
         + [
             f"exp_root_dir={out}",
             "use_timestamp=false",
@@ -123,7 +141,7 @@ def test_shipped_config_trains_reduced_on_cpu(config, tiny, tmp_path):
     save = trial / "save"
     assert (trial / "ckpts" / "last.ckpt").is_file()
     assert (save / "it2-test.mp4").is_file()
-    term = "loss_reward" if "reward-backprop" in config.stem else "loss_ddpo"
+    term = next((t for key, t in SHIPPED_TERMS.items() if key in config.stem), "loss_ddpo")
     if "ddpo3d-system" not in config.read_text():
         # magic3d-system is the host's own: the guidance's terms reach its Lightning logs
         logged = read_lightning_csv(next(trial.glob("csv_logs/*/metrics.csv")))

@@ -124,3 +124,31 @@ def test_scores_toy_renders_as_an_eval_reward(tmp_path):
     with open(next(tmp_path.glob("*/nc/save/metrics.csv"))) as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test" and r["name"] == "reward"]
     assert rows and all(-1.0 <= float(r["value"]) <= 1.0 and math.isfinite(float(r["value"])) for r in rows)
+
+
+def test_a_weighted_geometry_reward_passes_render_out_to_its_term():
+    """A weight != 1 wraps the reward in a composite: it still needs and forwards the render outputs."""
+    plain = build_reward({"type": "normal-consistency"})
+    weighted = build_reward([{"type": "normal-consistency", "weight": 2.0}, {"type": "brightness", "weight": 0.5}])
+    assert weighted.needs_render_out and not build_reward({"type": "brightness", "weight": 2.0}).needs_render_out
+    ro, images = sphere_scene(), torch.rand(2, 24, 24, 3)
+    expected = 2.0 * plain(images, ["", ""], render_out=ro) + 0.5 * build_reward({"type": "brightness"})(
+        images, ["", ""]
+    )
+    assert torch.allclose(weighted(images, ["", ""], render_out=ro), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="render_out"):
+        weighted(images, ["", ""])
+
+
+def test_non_finite_geometry_is_a_non_finite_reward_in_training():
+    """Inside a training step (the training guard's scope) a NaN surface raises NonFiniteError, which
+    skips the update; outside it (eval scoring) the NaN is returned and logged."""
+    from ddpo3d.utils.finite import NonFiniteError, finite_rewards_required
+
+    reward = build_reward({"type": "normal-consistency"})
+    ro = sphere_scene()
+    ro["depth"][0, 10, 10, 0] = float("nan")
+    images = torch.rand(2, 24, 24, 3)
+    assert torch.isnan(reward(images, ["", ""], render_out=ro)[0])
+    with finite_rewards_required(), pytest.raises(NonFiniteError, match="normal-consistency"):
+        reward(images, ["", ""], render_out=ro)

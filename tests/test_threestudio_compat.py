@@ -55,6 +55,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -693,6 +694,51 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
             "fit_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         }
 
+    @check("render_out_fit")
+    def _check_render_out():
+        """``ddpo3d-system`` on threestudio's DreamFusion hands a guidance that asks for them
+        (``needs_render_out``) the render outputs as ``render_out=`` in training, through
+        threestudio's own training step; threestudio's ``dreamfusion-system`` keeps its call."""
+        import pytorch_lightning as pl
+        from threestudio.utils.base import BaseObject
+
+        seen = []
+
+        @threestudio.register("ddpo3d-test-render-out-guidance")
+        class RecordingGuidance(BaseObject):
+            needs_render_out = True
+
+            def __call__(self, rgb, prompt_utils, elevation, azimuth, camera_distances, render_out=None, **batch):
+                seen.append({"render_out": None if render_out is None else sorted(render_out), "batch": sorted(batch)})
+                loss = ((rgb - 0.5) ** 2).mean()
+                if render_out is not None:  # a geometry term: its gradient reaches the splats through opacity
+                    loss = loss + render_out["opacity"].mean()
+                return {"loss_sds": loss}
+
+        runs = {}
+        for system_type in ("ddpo3d-system", "dreamfusion-system"):
+            cfg = state["system_cfg"].copy()
+            cfg.guidance_type = "ddpo3d-test-render-out-guidance"
+            cfg.guidance = {}
+            system = threestudio.find(system_type)(cfg, resumed=False)
+            system.set_save_dir(os.path.join(work, f"trial-render-out-{system_type}", "save"))
+            dm = threestudio.find("random-camera-datamodule")({"width": 32, "height": 32, "batch_size": 2})
+            trainer = pl.Trainer(
+                max_steps=1,
+                accelerator="cpu",
+                devices=1,
+                logger=False,
+                enable_checkpointing=False,
+                num_sanity_val_steps=0,
+                limit_val_batches=0,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+            )
+            seen.clear()
+            trainer.fit(system, datamodule=dm)
+            runs[system_type] = {"calls": list(seen), "global_step": int(trainer.global_step)}
+        return runs
+
     # ---- every shipped config, through threestudio's own config machinery -------------------
     from ddpo3d.testing.tiny_clip import TINY_CLIP_NAME, register_tiny_clip, write_aesthetic_head
 
@@ -749,8 +795,10 @@ def shipped_config_overrides(path: Path, out: str, pipe: str, head: str, clip_na
     ]
     if "ddpo3d-gaussian-splat" in text:
         overrides += ["system.geometry.num_points=200", "system.renderer.backend=torch"]
-    if "type: reward-backprop" not in text:
+    if re.search(r"^\s+type: ddpo3d\s*(#.*)?$", text, re.M):  # the policy's K actions (only ddpo3d has them)
         overrides.append("system.guidance.objective.num_samples=2")
+    if "type: reward-sds" in text:  # RewardSDS: 4 noise candidates instead of 7 (min-max needs n_max + n_min = 4)
+        overrides.append("system.guidance.objective.num_candidates=4")
     return overrides
 
 
@@ -1055,6 +1103,16 @@ def test_magic3d_coarse_system_uses_the_guidance_unchanged(report):
         assert key in e["fit_metrics"] and math.isfinite(e["fit_metrics"][key]), (key, sorted(e["fit_metrics"]))
 
 
+def test_ddpo3d_system_passes_render_out_under_threestudio(report):
+    e = _entry(report, "render_out_fit")
+    ours, theirs = e["ddpo3d-system"], e["dreamfusion-system"]
+    assert ours["global_step"] == 1 and len(ours["calls"]) == 1, ours
+    call = ours["calls"][0]
+    assert call["render_out"] is not None and {"comp_rgb", "opacity"} <= set(call["render_out"]), call
+    assert "render_out" not in call["batch"] and {"rays_o", "rays_d"} <= set(call["batch"]), call
+    assert theirs["global_step"] == 1 and theirs["calls"][0]["render_out"] is None, theirs
+
+
 @pytest.mark.parametrize("config", [p.stem for p in SHIPPED_CONFIGS])
 def test_every_shipped_config_loads_and_runs_in_threestudio(report, config):
     """Each shipped config loads with threestudio's load_config, every block parses with the Config
@@ -1074,6 +1132,10 @@ def test_every_shipped_config_loads_and_runs_in_threestudio(report, config):
     if entry["needs_cuda_extensions"]:
         assert entry["grad_finite"] and entry["grad_abs_sum"] > 0, entry
         assert "loss_sds" in entry["losses"], entry["losses"]
+        terms = {"reward-tilted": "loss_tilt", "reward-sds": "loss_rsds", "dreamdpo": "loss_dpo"}
+        for key, term in terms.items():  # the SDS-family objectives' own terms
+            if key in config:
+                assert term in entry["losses"], (config, entry["losses"])
         return
     for launcher, files in entry["trained"].items():
         for f in ("ckpts/last.ckpt", "save/it2-test.mp4", "save/metrics.csv", "configs/parsed.yaml"):

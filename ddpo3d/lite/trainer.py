@@ -176,9 +176,14 @@ def validate_system_config(cfg: Any) -> None:
             if block.get("reward") is not None:
                 validate_reward_config(block["reward"])
             if isinstance(block.get("objective"), dict):
-                from ddpo3d.objectives.combined import build_objective
+                from ddpo3d.objectives.combined import build_objective, check_reward_for_objective
+                from ddpo3d.rewards.registry import render_out_block_names
 
                 build_objective(block["objective"])
+                if block.get("reward") is not None:  # geometry rewards cannot score x̂0 predictions
+                    check_reward_for_objective(
+                        str(block["objective"].get("type", "none")), render_out_block_names(block["reward"])
+                    )
 
 
 def run_experiment(

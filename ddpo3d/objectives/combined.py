@@ -26,6 +26,13 @@ estimate of a fixed objective's gradient, like any normalised-gradient method).
 ``align_to_sds_grad_ratio`` (mean over views of the sent ||g_b|| / ||s_b||) and
 ``align_raw_to_sds_grad_ratio`` (the same for the unscaled estimate, what ``lambda`` mode sends).
 
+Geometry rewards (``needs_render_out``, e.g. ``normal-consistency``) score the renderer's normals and
+depth, which a denoised prediction x̂_0 does not have: they train with ``reward-backprop`` only (the
+caller passes ``render_out``, the system's render output and camera batch; the gradient is taken at
+every per-pixel render tensor the reward reads, and the ratio is measured per view over all of them
+against SDS's gradient at the RGB render). Pairing one with an objective that scores x̂_0 is a
+:class:`ConfigError` (:func:`check_reward_for_objective`).
+
 Config (a guidance block): the SDS keys of :class:`ddpo3d.objectives.sds.SDSConfig` plus
 
     objective:
@@ -51,7 +58,7 @@ from ddpo3d.objectives.reward_backprop import RewardBackprop
 from ddpo3d.objectives.sds import SDS, SDSConfig, sample_noise
 from ddpo3d.objectives.terms import SDS_TERMS
 from ddpo3d.utils.config import ConfigError, parse_structured, to_primitive
-from ddpo3d.utils.typing import Any, Callable, Dict, Float, Optional, Sequence, Tensor, Tuple
+from ddpo3d.utils.typing import Any, Callable, Dict, Float, List, Optional, Sequence, Tensor, Tuple
 
 OBJECTIVES = {"ddpo3d": DDPO3D, "reward-backprop": RewardBackprop, "dreamfl": DreamFL, "none": None, **SDS_TERMS}
 STRENGTH_MODES = ("ratio", "lambda")
@@ -59,6 +66,8 @@ DEFAULT_GRAD_RATIO = 0.3
 #: objectives that set their own magnitude (DreamFL matches loss_sds's order of magnitude; the SDS-family
 #: terms have β or replace SDS): plain λ by default, ``strength_mode: ratio`` on request
 OWN_MAGNITUDE = ("dreamfl", *SDS_TERMS)
+#: objectives that can use a reward needing the renderer's outputs (the others score x̂0 predictions)
+RENDER_OUT_OBJECTIVES = ("reward-backprop", "none")
 
 
 @dataclass
@@ -93,6 +102,30 @@ def build_objective(block: Any) -> Tuple[Any, Strength]:
             raise ConfigError(f"objective type 'none' takes no options, got {sorted(block)}")
         return None, strength
     return OBJECTIVES[kind](block), strength
+
+
+def render_out_terms(reward: Any) -> List[str]:
+    """Names of the reward's terms (itself, or a composite's) that need the renderer's outputs."""
+    terms = list(getattr(reward, "rewards", None) or [reward])
+    return [str(getattr(r, "name", type(r).__name__)) for r in terms if getattr(r, "needs_render_out", False)]
+
+
+def check_reward_for_objective(objective_type: str, geometry_terms: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` when a reward that scores geometry meets an objective that scores x̂0.
+
+    Args:
+        objective_type: the objective's ``type``.
+        geometry_terms: names of the reward terms with ``needs_render_out`` (:func:`render_out_terms`).
+    """
+    if not geometry_terms or objective_type in RENDER_OUT_OBJECTIVES:
+        return
+    names = ", ".join(repr(n) for n in geometry_terms)
+    raise ConfigError(
+        f"reward {names} scores the renderer's geometry (normals and depth, needs_render_out) but objective "
+        f"{objective_type!r} scores denoised predictions x̂0, which have no geometry: use objective type "
+        "'reward-backprop' (its gradient at the render, with system_type ddpo3d-system), or 'none' to log it, "
+        "or score it on eval renders only (system.eval_reward)"
+    )
 
 
 def _view_norms(g: Tensor) -> Float[Tensor, " B"]:
@@ -184,22 +217,51 @@ class RewardGuidedSDS:
             else:  # restored before the first step (a checkpoint): applied when the stream is made
                 self._pending_policy_rng = state["policy_rng"]
 
-    def _at_render(self, loss: Tensor, images: Tensor, x0: Tensor, sds_x0_grad: Tensor, out: Dict[str, Any]) -> Tensor:
+    def _at_render(
+        self,
+        loss: Tensor,
+        images: Tensor,
+        x0: Tensor,
+        sds_x0_grad: Tensor,
+        out: Dict[str, Any],
+        render_out: Optional[Dict[str, Any]] = None,
+    ) -> Tensor:
         """A render-space term (reward-backprop, DreamFL) with its gradient set by ``self.strength``.
 
-        SDS's x_0 gradient is pulled back to the render with one vector-Jacobian product through
-        the encoder (x0 = encode(images)); the ratios are logged into ``out``.
+        The term's gradient is taken at the render: ``images`` and, for geometry rewards, every
+        per-pixel tensor ``[B, H, W, C]`` of ``render_out`` with a graph (``comp_normal``, ``depth``,
+        ``opacity`` ...); per view, its norm over all of them is compared with SDS's, whose x_0
+        gradient is pulled back to ``images`` with one vector-Jacobian product through the encoder
+        (x0 = encode(images)); the ratios are logged into ``out``.
         """
-        if not (torch.is_grad_enabled() and images.requires_grad and loss.requires_grad):
+        inputs = [images]
+        for value in (render_out or {}).values():
+            if (
+                torch.is_tensor(value)
+                and value.requires_grad
+                and value.dim() == 4
+                and tuple(value.shape[:3]) == tuple(images.shape[:3])
+                and all(value is not t for t in inputs)
+            ):
+                inputs.append(value)
+        inputs = [t for t in inputs if t.requires_grad]
+        if not (torch.is_grad_enabled() and inputs and loss.requires_grad):
+            if torch.is_grad_enabled():  # a training step whose term reaches no render tensor: it sends nothing
+                out.setdefault("align_to_sds_grad_ratio", 0.0)
             return loss
-        (g,) = torch.autograd.grad(loss, images, retain_graph=True)
+        grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
         s = None
-        if x0.requires_grad:
+        if x0.requires_grad and images.requires_grad:
             (s,) = torch.autograd.grad(x0, images, sds_x0_grad, retain_graph=True, allow_unused=True)
         if s is not None:
-            g, ratios = rescale(g, s, self.strength)
+            flat, ratios = rescale(torch.cat([g.flatten(1) for g in grads], 1), s, self.strength)
+            grads = [p.reshape_as(g) for p, g in zip(flat.split([g[0].numel() for g in grads], 1), grads)]
             out.update(ratios)
-        return inject(images, g, loss)
+        value = inject(inputs[0], grads[0], loss)
+        for t, g in zip(inputs[1:], grads[1:]):  # the same trick for every further render tensor
+            value = value + (t * g.detach()).sum() - (t.detach() * g.detach()).sum()
+        return value
 
     def __call__(
         self,
@@ -213,6 +275,7 @@ class RewardGuidedSDS:
         generator: Optional[torch.Generator] = None,
         t: Optional[Tensor] = None,
         t_range: Optional[Tuple[int, int]] = None,
+        render_out: Optional[Dict[str, Any]] = None,
     ) -> Dict[str, Any]:
         """One step's losses and diagnostics.
 
@@ -230,6 +293,9 @@ class RewardGuidedSDS:
                 None it is drawn from this range (both ends included) instead of from this
                 object's SDS schedule, so a run has one t schedule; reported as ``min_step`` /
                 ``max_step``.
+            render_out: the renderer's outputs and the camera batch (``{**batch, **render}``) for
+                rewards with ``needs_render_out``; only ``reward-backprop`` (and the SDS-family
+                terms' context) use them.
 
         Returns:
             ``{"loss_sds", "loss_ddpo" | "loss_reward", ...scalar diagnostics}``.
@@ -249,6 +315,7 @@ class RewardGuidedSDS:
         # objectives with a start step / zero strength (DreamFL, the SDS-family terms) say whether they run
         if self.objective is not None and getattr(self.objective, "active", True) and reward is None:
             raise ValueError(f"objective {self.objective_type!r} needs a reward, got None")
+        check_reward_for_objective(self.objective_type, render_out_terms(reward) if reward is not None else [])
 
         # The shared forward: x_t keeps its graph to x0 only when the policy needs it.
         x_t = predictor.add_noise(x0 if policy is not None else x0.detach(), noise, t)
@@ -299,8 +366,8 @@ class RewardGuidedSDS:
             out["loss_ddpo"] = loss
             out.update(res.diagnostics)
         elif isinstance(self.objective, RewardBackprop):
-            loss, stats = self.objective(images, prompts, reward)
-            out["loss_reward"] = self._at_render(loss, images, x0, sds_x0_grad, out)
+            loss, stats = self.objective(images, prompts, reward, render_out=render_out)
+            out["loss_reward"] = self._at_render(loss, images, x0, sds_x0_grad, out, render_out)
             out.update(stats)
         elif isinstance(self.objective, DreamFL):  # reward on x̂0 / the render, weight matched to loss_sds
             res = self.objective(images, predictor, prompts, reward, x_t, t, eps_sds, out["loss_sds"], eps_c)
@@ -323,6 +390,7 @@ class RewardGuidedSDS:
                 reward=reward,
                 generator=self.policy_generator(generator),  # extra draws leave SDS's t and ε unchanged
                 images=images,
+                render_out=render_out,
             )
             out.update(run_term(self.objective, ctx, lambda g, s: rescale(g, s, self.strength), sds_x0_grad))
         else:

@@ -3,6 +3,11 @@
 The DDPO3D paper's "aesthetic guidance" baseline (Sharma et al. 2023, arXiv 2312.04806): the
 reward's gradient flows straight into the render, like DRaFT's last step (Clark et al. 2023,
 arXiv 2309.17400) without any diffusion model in between.
+
+Geometry rewards (``needs_render_out``, e.g. ``normal-consistency``) score the renderer's other
+outputs (normals, depth, opacity) rather than the RGB image: they get ``render_out`` and their
+gradient reaches the geometry through those outputs. This is the only objective that can train
+them: the others score denoised predictions x̂_0, which have no geometry.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class RewardBackprop:
         images: Float[Tensor, "B H W 3"],
         prompts: Optional[Sequence[str]],
         reward: Callable[..., Tensor],
+        render_out: Optional[Dict[str, Any]] = None,
     ) -> Tuple[Tensor, Dict[str, float]]:
         """The loss and its diagnostics.
 
@@ -57,6 +63,8 @@ class RewardBackprop:
             images: renders in [0, 1] with grad.
             prompts: one per image (None = "").
             reward: a reward with ``differentiable = True``.
+            render_out: the renderer's outputs and the camera batch, passed to rewards with
+                ``needs_render_out`` (``reward(images, prompts, render_out=...)``); ignored otherwise.
 
         Returns:
             ``(loss_reward, {"reward_mean", "reward_std"})``.
@@ -71,7 +79,8 @@ class RewardBackprop:
                 "(e.g. JPEG size): use the 'ddpo3d' policy-gradient objective for it"
             )
         prompts = [""] * images.shape[0] if prompts is None else list(prompts)
-        scores = reward(images, prompts).reshape(-1)
+        extra = {"render_out": render_out} if getattr(reward, "needs_render_out", False) else {}
+        scores = reward(images, prompts, **extra).reshape(-1)
         loss = -scores.mean()
         with torch.no_grad():
             stats = {

@@ -4,7 +4,8 @@
 name and every weighted term ``w_i * R_i`` under ``"<name>_weighted"``, so training logs can
 show both. The composite is differentiable iff every term is; in a mixed composite the
 non-differentiable terms are detached (their values still count in the sum, their
-gradient is zero).
+gradient is zero). It needs the renderer's outputs (``needs_render_out``) iff a term does; then
+``reward(images, prompts, render_out=...)`` hands them to those terms.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn as nn
 
 from ddpo3d.rewards.base import Reward, RewardOutput, validate_inputs
 from ddpo3d.utils.config import ConfigError
-from ddpo3d.utils.typing import Dict, Float, List, Sequence, Tensor, Tuple
+from ddpo3d.utils.typing import Any, Dict, Float, List, Optional, Sequence, Tensor, Tuple
 
 __all__ = ["CompositeReward"]
 
@@ -61,6 +62,7 @@ class CompositeReward(Reward):
         self.rewards = nn.ModuleList(rewards)
         self.weights: List[float] = weights
         self.differentiable = all(r.differentiable for r in rewards)
+        self.needs_render_out = any(getattr(r, "needs_render_out", False) for r in rewards)
 
     @classmethod
     def from_terms(cls, terms: Sequence[Tuple[Reward, float]]) -> "CompositeReward":
@@ -72,12 +74,18 @@ class CompositeReward(Reward):
         """Names of the terms, in order."""
         return [r.name for r in self.rewards]
 
-    def evaluate(self, images: Float[Tensor, "B H W 3"], prompts: Sequence[str]) -> RewardOutput:
+    def evaluate(
+        self,
+        images: Float[Tensor, "B H W 3"],
+        prompts: Sequence[str],
+        render_out: Optional[Dict[str, Any]] = None,
+    ) -> RewardOutput:
         """Weighted sum of the terms.
 
         Args:
             images: ``[B, H, W, 3]`` floats in ``[0, 1]``.
             prompts: ``B`` strings.
+            render_out: the renderer's outputs, for the terms with ``needs_render_out``.
 
         Returns:
             :class:`RewardOutput`: ``scores = sum_i w_i * R_i``; ``terms`` has ``<name>`` (raw
@@ -87,7 +95,8 @@ class CompositeReward(Reward):
         terms: Dict[str, Tensor] = {}
         total = None
         for reward, weight in zip(self.rewards, self.weights):
-            raw = reward.evaluate(images, prompts).scores
+            extra = {"render_out": render_out} if getattr(reward, "needs_render_out", False) else {}
+            raw = reward.evaluate(images, prompts, **extra).scores
             weighted = weight * raw
             terms[reward.name] = raw
             terms[f"{reward.name}_weighted"] = weighted
@@ -96,6 +105,15 @@ class CompositeReward(Reward):
         if not self.differentiable:
             total = total.detach()
         return RewardOutput(total, terms)
+
+    def forward(
+        self,
+        images: Float[Tensor, "B H W 3"],
+        prompts: Sequence[str],
+        render_out: Optional[Dict[str, Any]] = None,
+    ) -> Float[Tensor, " B"]:
+        """``reward(images, prompts[, render_out=...]) -> scores [B]``; see :meth:`evaluate`."""
+        return self.evaluate(images, prompts, render_out=render_out).scores
 
     def extra_repr(self) -> str:
         ws = ", ".join(f"{n}: {w:g}" for n, w in zip(self.term_names, self.weights))

@@ -21,8 +21,14 @@ camera ``batch`` passes ``render_out={**batch, **out}``. ``comp_normal`` is thre
 visualisation encoding ``(n + 1)/2 · opacity`` by default (``normal_encoding: visual``, as its
 and ddpo3d.lite's NeRF renderer write it) or the raw unit normal (``raw``). Renderers without
 normals (geometry without ``normal_type``, the Gaussian splat renderer) raise a clear error.
-Scores of denoised predictions x̂_0 (the ``ddpo3d``, ``reward-sds``, ``dreamdpo`` and
-``reward-tilted`` objectives) have no geometry: use this reward with ``reward-backprop`` or log it.
+
+Training with it: ``objective: {type: reward-backprop}`` with ``system_type: ddpo3d-system``, which
+hands the guidance its render outputs during training (``configs/toy/normal-consistency-backprop.yaml``);
+the gradient reaches the geometry through ``comp_normal``, ``depth`` and ``opacity``, so the renderer
+must return normals in training (``system.renderer.return_comp_normal: true``, a ``normal_type`` and a
+material with ``requires_normal``). Denoised predictions x̂_0 (the ``ddpo3d``, ``dreamfl``,
+``reward-sds``, ``dreamdpo`` and ``reward-tilted`` objectives) have no geometry: those objectives with
+this reward are a configuration error (:func:`ddpo3d.objectives.combined.check_reward_for_objective`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch.nn.functional as F
 from ddpo3d.rewards.base import Reward, RewardOutput, validate_inputs
 from ddpo3d.rewards.registry import register_reward
 from ddpo3d.utils.config import ConfigError
+from ddpo3d.utils.finite import check_finite_scores
 from ddpo3d.utils.typing import Any, Dict, Float, List, Optional, Sequence, Tensor
 
 __all__ = ["NormalConsistencyReward", "depth_normals", "REQUIRED_KEYS"]
@@ -105,7 +112,8 @@ class NormalConsistencyReward(Reward):
                 hint = (
                     " (the renderer produced no normals: set system.geometry.normal_type, e.g. 'analytic' or "
                     "'finite_difference', and a material that requests them, e.g. system.material.requires_normal: "
-                    "true; the Gaussian splat renderer has none)"
+                    "true; in training also system.renderer.return_comp_normal: true; the Gaussian splat renderer "
+                    "has none)"
                 )
             raise ValueError(f"reward {self.name!r}: render_out lacks {missing}{hint}")
         out = {k: render_out[k] for k in REQUIRED_KEYS}
@@ -127,7 +135,9 @@ class NormalConsistencyReward(Reward):
         """``reward(images, prompts, render_out=...) -> [B]`` (the images only give the batch size)."""
         prompts = validate_inputs(images, prompts, where=f"reward {self.name!r}")
         ro = self.check_render_out(render_out, images.shape[0])
-        return self._check_scores(self.consistency(**ro), images)
+        scores = self._check_scores(self.consistency(**ro), images)
+        check_finite_scores(self, scores)  # raises only inside a training step (ddpo3d.utils.finite)
+        return scores
 
     def evaluate(
         self,

@@ -150,3 +150,25 @@ def validate_reward_config(cfg: Any) -> None:
         rtype, _, _, options = _split_block(block, where)
         cls = get_reward_class(rtype)
         parse_structured(cls.Config, options, where=f"reward {rtype!r} ({cls.__name__})")
+
+
+def render_out_block_names(cfg: Any) -> List[str]:
+    """Names (``name:`` or type) of the blocks whose reward needs the renderer's outputs
+    (``needs_render_out``: geometry rewards), without building anything.
+
+    Args:
+        cfg: a reward block or list of blocks (as :func:`build_reward` takes).
+
+    Returns:
+        The names, in order (empty when none needs them).
+    """
+    cfg = to_primitive(cfg)
+    if cfg is None or (isinstance(cfg, dict) and not cfg):
+        return []
+    blocks = list(cfg) if isinstance(cfg, (list, tuple)) else [cfg]
+    names = []
+    for i, block in enumerate(blocks):
+        rtype, _, name, _ = _split_block(block, f"reward block {i}")
+        if getattr(get_reward_class(rtype), "needs_render_out", False):
+            names.append(name or rtype)
+    return names

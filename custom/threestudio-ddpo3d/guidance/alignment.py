@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 
 from ddpo3d.host import warn
-from ddpo3d.objectives.combined import RewardGuidedSDS
+from ddpo3d.objectives.combined import RewardGuidedSDS, check_reward_for_objective, render_out_terms
 from ddpo3d.objectives.sds import SDSConfig
 from ddpo3d.rewards import build_reward
 from ddpo3d.utils.config import ConfigError, to_primitive
@@ -111,9 +111,18 @@ class RewardAlignmentMixin:
             raise ConfigError(f"guidance.objective.type is {kind!r} but guidance.reward is not set")
         if kind == "none" and self.reward is not None:
             warn("guidance.reward is set but guidance.objective.type is 'none': the reward is only logged")
+        if self.reward is not None:  # geometry rewards cannot score x̂0 predictions
+            check_reward_for_objective(kind, render_out_terms(self.reward))
+        self._render_out_warned = False
         self.generator = None
         if self.cfg.seed is not None:
             self.generator = torch.Generator(device=self.device).manual_seed(int(self.cfg.seed))
+
+    @property
+    def needs_render_out(self) -> bool:
+        """The reward scores the renderer's outputs (normals, depth): the system passes
+        ``render_out=`` to the guidance call (``ddpo3d-system`` does)."""
+        return bool(getattr(getattr(self, "reward", None), "needs_render_out", False))
 
     # ------------------------------------------------------------------ hooks
     def model_input(
@@ -167,6 +176,7 @@ class RewardAlignmentMixin:
         camera_distances: Float[Tensor, " B"],
         rgb_as_latents: bool = False,
         guidance_eval: bool = False,
+        render_out: Optional[Dict[str, Any]] = None,
         **kwargs: Any,
     ) -> Dict[str, Any]:
         """threestudio's guidance call: one step of SDS + the alignment objective.
@@ -178,6 +188,10 @@ class RewardAlignmentMixin:
             elevation, azimuth, camera_distances: camera parameters ``[B]`` (degrees).
             rgb_as_latents: ``rgb`` holds latents (see :meth:`model_input`).
             guidance_eval: not supported with alignment (an error).
+            render_out: the system's render output (``comp_normal``, ``depth``, ``opacity`` ...) for
+                rewards with ``needs_render_out``; optional, threestudio's systems do not pass it
+                (``ddpo3d-system`` does when :attr:`needs_render_out`). The reward gets it merged
+                over the camera batch (``{**batch, **render_out}``: the rays).
             **kwargs: the rest of the batch (the toy guidance reads ``rays_o`` / ``rays_d``).
 
         Returns:
@@ -194,6 +208,18 @@ class RewardAlignmentMixin:
         cond, uncond = self.conditions(rgb, prompt_utils, elevation, azimuth, camera_distances, **kwargs)
         prompts = self.reward_prompts_for(prompt_utils, elevation, azimuth, camera_distances)
         x0, images = self.model_input(rgb, rgb_as_latents)
+        geometry = self.needs_render_out
+        if geometry and render_out is None:
+            if self.objective.objective_type != "none":
+                raise ValueError(
+                    f"{name}: reward {getattr(self.reward, 'name', '?')!r} scores the renderer's normals and depth, "
+                    "but the system passed no render_out to the guidance: use system_type ddpo3d-system (it passes "
+                    "its render output in training)"
+                )
+            if not getattr(self, "_render_out_warned", False):
+                warn(f"{name}: no render_out from the system: the geometry reward is not logged in training")
+                self._render_out_warned = True
+        ro = {**kwargs, **render_out} if geometry and render_out is not None else None
         out = self.objective(
             images,
             self.predictor,
@@ -204,10 +230,12 @@ class RewardAlignmentMixin:
             x0=x0,
             generator=self.generator,
             t_range=self.t_range(),
+            render_out=ro,
         )
-        if self.reward is not None and "reward_mean" not in out:
+        if self.reward is not None and "reward_mean" not in out and (ro is not None or not geometry):
             with torch.no_grad():
-                scores = self.reward(images.detach().clamp(0, 1), prompts)
+                extra = {"render_out": ro} if geometry else {}
+                scores = self.reward(images.detach().clamp(0, 1), prompts, **extra)
             out["reward_mean"] = float(scores.float().mean())
         return out
 

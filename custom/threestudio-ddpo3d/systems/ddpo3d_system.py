@@ -13,6 +13,10 @@ losses, regularisers, validation grids, test turntable video), plus:
 * test views are also saved as plain RGB (``save/it<step>-test-rgb/<i>.png``) for
   ``python -m ddpo3d.eval``, and their normal maps (``save/it<step>-test-normal/<i>.png``)
   when the renderer returns normals;
+* in training, a guidance whose reward scores geometry (``guidance.needs_render_out``, e.g.
+  ``normal-consistency`` with ``reward-backprop``) gets this step's render output as
+  ``render_out=`` on top of threestudio's call ``guidance(comp_rgb, prompt_utils, **batch)``
+  (the host's training step is reused unchanged: the render output rides in a copy of the batch);
 * a geometry's own training callbacks (``geometry.training_callbacks()``: Gaussian splats'
   densification) are attached through ``configure_callbacks``;
 * training is guarded (``ddpo3d.training_guard``): a non-finite reward, advantage, loss or
@@ -43,6 +47,8 @@ from ddpo3d.utils.typing import Any, Dict, List, Optional
 from .metrics import MetricHistory
 
 REFERENCES = (None, "toy")
+#: the batch key under which the training render output reaches the guidance call (as ``render_out=``)
+RENDER_OUT_KEY = "render_out"
 # train_params/: the loss weights; train/densify_*: logged only on densification steps (their
 # callback records them in the history itself), so Lightning's callback_metrics would repeat
 # their last value at every later step
@@ -159,6 +165,25 @@ class DDPO3DSystem(*_BASES):
         return means
 
     # ------------------------------------------------------------------ training
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        """The host's render; in a training step whose guidance needs it, the output is also put
+        into that step's (copied) batch, which the host then expands into the guidance call."""
+        out = super().forward({k: v for k, v in batch.items() if k != RENDER_OUT_KEY})
+        if batch is self.__dict__.get("_render_out_batch"):
+            batch[RENDER_OUT_KEY] = out
+        return out
+
+    def training_step(self, batch, batch_idx):
+        """The host's training step; geometry rewards also get the render output (see :meth:`forward`)."""
+        if not getattr(getattr(self, "guidance", None), "needs_render_out", False):
+            return super().training_step(batch, batch_idx)
+        batch = dict(batch)  # the data loader's batch is left as it was
+        self.__dict__["_render_out_batch"] = batch
+        try:
+            return super().training_step(batch, batch_idx)
+        finally:
+            self.__dict__["_render_out_batch"] = None
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
         super().on_train_batch_end(outputs, batch, batch_idx)
         guard = training_guard_of(self)
