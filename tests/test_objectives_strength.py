@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(
     glob.glob(os.path.join(ROOT, "custom", "threestudio-ddpo3d", "configs", "*.yaml"))
     + glob.glob(os.path.join(ROOT, "configs", "toy", "*.yaml"))
-    + glob.glob(os.path.join(ROOT, "configs", "rewards", "*-sd.yaml"))
+    + glob.glob(os.path.join(ROOT, "custom", "threestudio-ddpo3d", "configs", "rewards", "*-sd.yaml"))
 )
 LAMBDA = {
     "ddpo3d": "lambda_ddpo",
