@@ -1,26 +1,39 @@
 """Benchmark of the alignment objectives.
 
-1. Cost: one full step (render leaf -> encode -> objective -> backward) of ``sds``, ``ddpo3d``
-   (each target, unet_jacobian false / true) and ``reward-backprop`` with a tiny Stable Diffusion
-   UNet (attention only at the lowest level) at 64x64 latents, B=4; time per step (median of
-   interleaved rounds) and peak memory, each as a ratio to ``sds`` measured in the same process.
+1. Cost: one full step (render leaf -> encode -> objective -> backward) with a tiny Stable
+   Diffusion UNet (attention only at the lowest level) at 64x64 latents, B=4: ``sds``, the DDPO3D
+   variants (targets, unet_jacobian false / true, K), ``reward-backprop``, and one row per
+   registered objective (``ddpo3d.objectives.combined.OBJECTIVES``, so objectives added later
+   appear by themselves) with its default options, timed at its ``start_step``; time per step
+   (median of interleaved rounds) and memory, each as a ratio to ``sds`` measured in the same process.
 2. Estimator quality: on the analytic prior, the cosine between one step's DDPO3D estimate and
    the exact gradient of its target, by variance-reduction variant and K samples per view.
+3. ``--arch sd21``: Stable Diffusion 2.1-base's UNet and VAE built from their published configs
+   with random weights (compute does not depend on the weights; nothing is downloaded), B=1, a
+   64² render resized to 512, CFG: SDS against the shipped ``dreamfusion-ddpo`` objective block,
+   parsed from its YAML (a TAESD-architecture decoder with random weights stands in for
+   ``reward_decoder`` when its weights are not on the machine), with the aesthetic reward's
+   compute (ViT-L/14 at 224² + MLP head); plus the same block with ``reward_decoder: null``, and
+   where each step's time goes (UNet, VAE encoder, VAE decoder, tiny decoder, reward model,
+   backward). ``--quick`` (one timed round) takes about 10 minutes of CPU time on 2 threads.
 
-Prints Markdown tables; the last two lines are exactly
+Prints Markdown tables; the last two lines of parts 1-2 are exactly
 
     ddpo3d-full-jacobian/sds step-time ratio: <float>
     ddpo3d/sds step-time ratio: <float>
 
 (the second: unet_jacobian false, target x0_pred, K=1, JPEG reward). Targets: <= 2.5, <= 1.3.
-On CPU the ratios use process CPU time (single-threaded torch), on CUDA wall time.
+Part 3's last line is ``sd21 ddpo3d/sds step-time ratio: X`` (target <= 1.3).
+On CPU the ratios use process CPU time, on CUDA wall time.
 
 Usage::
 
-    python benchmarks/objectives.py                      # tiny random SD on CPU
+    python benchmarks/objectives.py                      # tiny random SD on CPU (parts 1 and 2)
+    python benchmarks/objectives.py --skip-cosine        # part 1 only
     python benchmarks/objectives.py --device cuda --sd-path /path/to/stable-diffusion-v1-5
-    python benchmarks/objectives.py --arch sd21 --quick --threads 2   # SD 2.1-base architecture;
-        # last line: "sd21 ddpo3d/sds step-time ratio: X" (SDS vs the shipped dreamfusion-ddpo block)
+    python benchmarks/objectives.py --arch sd21 --quick --threads 2   # part 3
+    python benchmarks/objectives.py --arch sd21 --half --device cuda  # part 3 in fp16 (benchmarks/gpu_check.py)
+    python benchmarks/objectives.py --arch sd21 --smoke               # part 3's code path, tiny models (seconds)
 """
 
 from __future__ import annotations
@@ -444,6 +457,15 @@ def sd21_models(device, dtype):
     return pred, emb[:1], emb[1:]
 
 
+def smoke_models(device, dtype):
+    """``--smoke``: the tiny UNet and VAE of part 1 behind the same interface as :func:`sd21_models`."""
+    pred, cond, uncond, _, _ = tiny_sd(device, 8)
+    pred = UNetNoisePredictor(
+        pred.unet.to(dtype=dtype), pred.vae.to(dtype=dtype), pred.alphas_cumprod, weights_dtype=dtype, resolution=16
+    )
+    return pred, cond, uncond
+
+
 class ViTL14Reward(torch.nn.Module):
     """The aesthetic reward's compute with random weights: open_clip ViT-L/14 image tower at 224² + the MLP head."""
 
@@ -553,18 +575,28 @@ def bench_sd21(args, device):
 
     dtype = torch.float16 if args.half else torch.float32
     t0 = time.perf_counter()
-    pred, cond, uncond = sd21_models(device, dtype)
-    reward = ViTL14Reward(device, dtype)
+    if args.smoke:  # the same code path with tiny models: a plumbing check, the numbers mean nothing
+        pred, cond, uncond = smoke_models(device, dtype)
+        reward = ConvReward().to(device)
+    else:
+        pred, cond, uncond = sd21_models(device, dtype)
+        reward = ViTL14Reward(device, dtype)
     build_s = time.perf_counter() - t0
     block, scale = shipped_block()
     tmp = tempfile.mkdtemp(prefix="sd21-taesd-")
+    if args.smoke:  # tiny sizes throughout: the tiny TAESD twin, reward images at 16²
+        from ddpo3d.testing.tiny_taesd import write_tiny_taesd
+
+        block = {**block, "reward_resolution": 16}
+        if block.get("reward_decoder") is not None:
+            block["reward_decoder"] = write_tiny_taesd(os.path.join(tmp, "tiny-taesd"))
     block_run, decoder_what = tiny_decoder_stand_in(block, os.path.join(tmp, "taesd"), device, dtype)
     variants = [("sds", {"type": "none"}), ("dreamfusion-ddpo (shipped block)", block_run)]
+    if block.get("reward_decoder") is not None:  # what reward_decoder: null gives (the SD VAE decoder)
+        variants.append(("same, reward_decoder null (SD VAE decoder)", {**block_run, "reward_decoder": None}))
     if not args.quick:
-        variants.append(
-            ("same, SD VAE decoder at 512", {**block_run, "reward_resolution": None, "reward_decoder": None})
-        )
-        variants.append(("same, SD VAE decoder at reward_resolution", {**block_run, "reward_decoder": None}))
+        full = {**block_run, "reward_resolution": None, "reward_decoder": None}
+        variants.append(("same, SD VAE decoder at 512 (reward_resolution null)", full))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         objs = {name: RewardGuidedSDS({"guidance_scale": scale, "objective": b}) for name, b in variants}
@@ -618,6 +650,8 @@ def bench_sd21(args, device):
     key = cpu if not cuda else wall
     med = {n: statistics.median(v) for n, v in key.items()}
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    if args.smoke:
+        print("## --smoke: the SD 2.1 code path with TINY models (plumbing check; the numbers mean nothing)\n")
     print(
         f"## SD 2.1-base architecture (random weights), B=1, 64² render resized to 512, CFG {scale:g}, "
         f"{dtype}, device {device}, {torch.get_num_threads()} thread(s), median of {args.rounds} round(s); "
@@ -627,9 +661,9 @@ def bench_sd21(args, device):
     print(f"Shipped block (custom/threestudio-ddpo3d/configs/dreamfusion-ddpo.yaml): {block}")
     if decoder_what:
         print(f"\nReward decoder: {decoder_what}.")
-    print(
-        "\nReward: the aesthetic reward's compute (open_clip ViT-L/14 image tower at 224² + MLP head), random weights.\n"
-    )
+    what = "the conv stand-in (--smoke)" if args.smoke else "the aesthetic reward's compute (open_clip ViT-L/14"
+    what += "" if args.smoke else " image tower at 224² + MLP head), random weights"
+    print(f"\nReward: {what}.\n")
     unit = "CPU time" if not cuda else "wall"
     print(f"| method | {unit} (s) | wall (s) | ratio to sds | align/sds grad ratio | peak (MiB) |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -669,6 +703,7 @@ def main():
         "--arch", choices=["tiny", "sd21"], default="tiny", help="sd21: SD 2.1-base UNet+VAE, random weights"
     )
     ap.add_argument("--quick", action="store_true", help="--arch sd21: one timed round, fewer variants")
+    ap.add_argument("--smoke", action="store_true", help="--arch sd21 with tiny models (plumbing check, seconds)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -751,6 +751,11 @@ def shipped_config_overrides(path: Path, out: str, pipe: str, head: str, clip_na
         overrides += ["system.geometry.num_points=200", "system.renderer.backend=torch"]
     if "type: reward-backprop" not in text:
         overrides.append("system.guidance.objective.num_samples=2")
+    if "reward_decoder: madebyollin/taesd" in text:  # TAESD is not on test machines: its tiny twin
+        from ddpo3d.testing.tiny_taesd import write_tiny_taesd
+
+        twin = write_tiny_taesd(os.path.join(out, "tiny-taesd"))
+        overrides.append(f"system.guidance.objective.reward_decoder={twin}")
     return overrides
 
 
