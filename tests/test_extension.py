@@ -12,6 +12,7 @@ import torch
 from ddpo3d.testing.tiny_clip import TINY_CLIP_NAME, register_tiny_clip, write_aesthetic_head
 from ddpo3d.testing.tiny_if import build_tiny_if_pipeline
 from ddpo3d.testing.tiny_sd import build_tiny_sd_pipeline
+from ddpo3d.testing.tiny_taesd import write_tiny_taesd
 
 ROOT = Path(__file__).resolve().parents[1]
 # the MVDream (DreamReward) configs need the CPU twin and tiny reward files: tests/test_mvdream.py runs them
@@ -42,6 +43,7 @@ class _TinyModels(dict):
             "sd": lambda: build_tiny_sd_pipeline(str(self.root / "tiny-sd")),
             "if": lambda: build_tiny_if_pipeline(str(self.root / "tiny-if")),
             "head": lambda: write_aesthetic_head(str(self.root / "head.pth")),
+            "taesd": lambda: write_tiny_taesd(str(self.root / "tiny-taesd")),
         }
         self[key] = builders[key]()
         return self[key]
@@ -69,6 +71,11 @@ def tiny(tmp_path_factory):
     return _TinyModels(tmp_path_factory.mktemp("tiny"))
 
 
+def taesd_override(tiny) -> str:
+    """The override that puts the tiny TAESD twin in place of ``madebyollin/taesd``."""
+    return f"system.guidance.objective.reward_decoder={tiny['taesd']}"
+
+
 def reduced_overrides(tiny, config: Path, out: Path) -> list:
     """threestudio's usual keys reduced, tiny local models for the diffusion prior and the reward."""
     text = config.read_text()
@@ -84,10 +91,13 @@ def reduced_overrides(tiny, config: Path, out: Path) -> list:
         ]
     # RewardSDS: 4 noise candidates instead of the authors' 7 (min-max needs n_max + n_min = 4)
     objective = ["system.guidance.objective.num_candidates=4"] if "type: reward-sds" in text else []
+    # a tiny reward decoder where the config names TAESD (madebyollin/taesd is not on test machines)
+    decoder = [taesd_override(tiny)] if "reward_decoder: madebyollin/taesd" in text else []
     return (
         progressive
         + geometry
         + objective
+        + decoder
         + [
             f"exp_root_dir={out}",
             "use_timestamp=false",
@@ -339,6 +349,7 @@ def test_reward_blocks_merge_into_the_stock_config(tiny, tmp_path):
     stock = ROOT / "configs" / "dreamfusion-sd.yaml"
     blocks = [REWARD_BLOCKS / "ddpo3d-sd.yaml", REWARD_BLOCKS / "jpeg.yaml"]
     overrides = [o for o in reduced_overrides(tiny, stock, tmp_path) if ".reward." not in o]
+    overrides.append(taesd_override(tiny))  # ddpo3d-sd.yaml decodes reward targets with TAESD
     argv = ["--config", str(stock)]
     for b in blocks:
         argv += ["--config", str(b)]
@@ -400,6 +411,9 @@ def _real_weights_available() -> bool:
         from ddpo3d.rewards import build_reward
 
         build_reward({"type": "aesthetic"})
+        from ddpo3d.diffusion.tiny_decoder import resolve_tiny_decoder
+
+        resolve_tiny_decoder("madebyollin/taesd")  # the config's reward decoder
         return True
     except (WeightsNotFoundError, FileNotFoundError):
         return False
@@ -410,7 +424,7 @@ def _real_weights_available() -> bool:
 def test_dreamfusion_ddpo_with_real_weights(tmp_path):
     """SD 2.1 base + CLIP ViT-L/14 + the aesthetic head, when they are on disk: a short real run."""
     if not _real_weights_available():
-        pytest.skip("SD 2.1 base, CLIP ViT-L-14 (openai) or the aesthetic head is not on disk")
+        pytest.skip("SD 2.1 base, CLIP ViT-L-14 (openai), the aesthetic head or TAESD is not on disk")
     from launch import main
 
     config = ROOT / "custom" / "threestudio-ddpo3d" / "configs" / "dreamfusion-ddpo.yaml"

@@ -799,6 +799,11 @@ def shipped_config_overrides(path: Path, out: str, pipe: str, head: str, clip_na
         overrides.append("system.guidance.objective.num_samples=2")
     if "type: reward-sds" in text:  # RewardSDS: 4 noise candidates instead of 7 (min-max needs n_max + n_min = 4)
         overrides.append("system.guidance.objective.num_candidates=4")
+    if "reward_decoder: madebyollin/taesd" in text:  # TAESD is not on test machines: its tiny twin
+        from ddpo3d.testing.tiny_taesd import write_tiny_taesd
+
+        twin = write_tiny_taesd(os.path.join(out, "tiny-taesd"))
+        overrides.append(f"system.guidance.objective.reward_decoder={twin}")
     return overrides
 
 
