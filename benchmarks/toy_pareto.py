@@ -49,6 +49,8 @@ sys.path.insert(0, str(ROOT))
 BASE = ROOT / "configs" / "toy" / "ddpo-brightness.yaml"
 PROMPTS = ("a red sphere", "a blue cube")
 REWARDS = {"brightness": "brightness", "jpeg": "jpeg-compressibility"}
+#: the shipped toy config whose DDPO3D block (K, advantage, ...) the policy gradient uses, per reward
+PG_CONFIGS = {"brightness": BASE, "jpeg": ROOT / "configs" / "toy" / "ddpo-jpeg.yaml"}
 LAMBDAS = {"ddpo3d": "lambda_ddpo", "reward-backprop": "lambda_reward", "dreamfl": "lambda_dreamfl"}
 
 
@@ -69,10 +71,20 @@ def replaces_sds(kind: str) -> bool:
 
 PG = "ddpo3d"
 CONTROL = "ddpo3d-render-control"
+#: the zero-mean control: the render scored (the same reward for all K draws of a view), raw reward as
+#: advantage, so each view gets sign(R) x the sum of its K score vectors: an isotropic random direction,
+#: sent at the same grad_ratio as the policy gradient. Its law does not depend on the reward.
+CONTROL_BLOCK = {"type": "ddpo3d", "target": "render", "advantage": "none"}
+#: runs whose training does not depend on the reward (SDS-only; the control, up to the sign of a random
+#: direction): trained once, their final renders scored with every reward
+SHARED = ("sds", CONTROL)
+#: objectives the two summary lines need: ``--quick`` runs every seed only for these
+CORE = ("sds", PG, CONTROL, "reward-backprop")
 #: objectives that backpropagate the reward: skipped for JPEG (no gradient)
 NEEDS_GRADIENT = ("reward-backprop", "dreamfl", "reward-tilted")
+QUICK_STEPS = 150
 QUICK = [
-    "trainer.max_steps=150",
+    f"trainer.max_steps={QUICK_STEPS}",
     "data.width=24",
     "data.height=24",
     "data.eval_width=32",
@@ -94,35 +106,58 @@ def objective_variants() -> dict:
     for kind in OBJECTIVES:
         out["sds" if kind == "none" else kind] = {"type": kind}
         if kind == "ddpo3d":
-            out[CONTROL] = {"type": kind, "target": "render"}
+            out[CONTROL] = dict(CONTROL_BLOCK)
     return out
 
 
 def jobs(args) -> list:
+    """One job per training run. A shared run (SDS-only, the control) carries every reward in
+    ``rewards`` and is trained once; the others carry the one reward they are trained on."""
     from ddpo3d.rewards import build_reward
 
     out = []
-    for reward_name, reward_type in REWARDS.items():
-        differentiable = bool(getattr(build_reward({"type": reward_type}), "differentiable", False))
-        for label, block in objective_variants().items():
-            if block["type"] in NEEDS_GRADIENT and not differentiable:
-                continue
-            strengths = [None] if block["type"] == "none" else args.strengths
+    other_seeds = args.seeds if args.other_seeds is None else args.other_seeds
+    for label, block in objective_variants().items():
+        strengths = [None] if block["type"] == "none" else args.strengths
+        seeds = args.seeds if label in CORE else min(args.seeds, other_seeds)
+        if label in SHARED:
+            groups = [tuple(REWARDS)]
+        else:
+            groups = []
+            for reward_name, reward_type in REWARDS.items():
+                differentiable = bool(getattr(build_reward({"type": reward_type}), "differentiable", False))
+                if not (block["type"] in NEEDS_GRADIENT and not differentiable):
+                    groups.append((reward_name,))
+        for rewards in groups:
             for s in strengths:
-                for seed in range(args.seeds):
+                for seed in range(seeds):
                     for prompt in PROMPTS:
                         out.append(
-                            dict(reward=reward_name, label=label, block=block, strength=s, seed=seed, prompt=prompt)
+                            dict(
+                                reward=rewards[0],
+                                rewards=rewards,
+                                label=label,
+                                block=block,
+                                strength=s,
+                                seed=seed,
+                                prompt=prompt,
+                            )
                         )
     return out
 
 
-def job_key(job: dict) -> str:
-    return f"{job['reward']}|{job['label']}|{job['strength']}|{job['seed']}|{job['prompt']}"
+def job_key(job: dict, reward: str = None) -> str:
+    """The cache key of one (reward, run) row."""
+    return f"{reward or job['reward']}|{job['label']}|{job['strength']}|{job['seed']}|{job['prompt']}"
 
 
-def run_job(job: dict, quick: bool, extra: tuple = ()) -> dict:
-    """Train one toy run in this process and return its final test reward and PSNR."""
+def job_keys(job: dict) -> list:
+    """The keys of every row a job writes (one per reward it is scored with)."""
+    return [job_key(job, r) for r in job.get("rewards", (job["reward"],))]
+
+
+def run_job(job: dict, quick: bool, extra: tuple = ()) -> list:
+    """Train one toy run in this process; one row (final test reward and PSNR) per reward of the job."""
     import csv
     import shutil
 
@@ -133,6 +168,8 @@ def run_job(job: dict, quick: bool, extra: tuple = ()) -> dict:
     cfg = OmegaConf.load(BASE)
     guidance = cfg.system.guidance
     guidance.reward = {"type": REWARDS[job["reward"]]}
+    rewards = tuple(job.get("rewards", (job["reward"],)))
+    cfg.system.eval_reward = [{"type": REWARDS[r]} for r in rewards] if len(rewards) > 1 else None
     block = dict(job["block"])
     mix = None
     if block["type"] != "none" and replaces_sds(block["type"]):
@@ -142,8 +179,8 @@ def run_job(job: dict, quick: bool, extra: tuple = ()) -> dict:
         block["grad_ratio"] = float(job["strength"])
         if block["type"] == "dreamfl":  # the toy schedule: reward from step 0, no reward-only tail
             block.update(start_step=0, tail_step=None)
-        if block["type"] == "ddpo3d":  # keep the shipped toy block's own DDPO3D keys
-            base = OmegaConf.to_container(cfg.system.guidance.objective)
+        if block["type"] == "ddpo3d":  # the shipped toy config of this reward: its own DDPO3D keys (K, ...)
+            base = OmegaConf.to_container(OmegaConf.load(PG_CONFIGS[job["reward"]]).system.guidance.objective)
             block = {**{k: v for k, v in base.items() if k not in ("grad_ratio",)}, **block}
     guidance.objective = block
     loss = {k: v for k, v in OmegaConf.to_container(cfg.system.loss).items() if k not in LAMBDAS.values()}
@@ -170,7 +207,7 @@ def run_job(job: dict, quick: bool, extra: tuple = ()) -> dict:
         import torch
 
         gpu = ["--gpu", "0"] if torch.cuda.is_available() else []
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         rc = launch_main(["--config", str(path), "--train", *gpu, *over])
         if rc != 0:
             raise RuntimeError(f"run {job_key(job)} failed with exit code {rc}")
@@ -180,14 +217,25 @@ def run_job(job: dict, quick: bool, extra: tuple = ()) -> dict:
             for r in csv.DictReader(f):
                 rows.setdefault((r["split"], r["name"]), []).append(float(r["value"]))
         ratios = rows.get(("train", "align_to_sds_grad_ratio"), [float("nan")])
-        return {
-            **{k: v for k, v in job.items() if k != "block"},
-            "key": job_key(job),
-            "reward_value": rows[("test", "reward")][-1],
-            "psnr": rows[("test", "psnr")][-1],
-            "grad_ratio_logged": statistics.median(ratios),
-            "wall_s": time.time() - t0,
-        }
+        wall, cpu = time.time() - t0, time.process_time() - c0
+        out = []
+        for i, reward in enumerate(rewards):
+            name = "reward" if len(rewards) == 1 else f"reward/{REWARDS[reward]}"
+            out.append(
+                {
+                    **{k: v for k, v in job.items() if k not in ("block", "rewards")},
+                    "reward": reward,
+                    "key": job_key(job, reward),
+                    "reward_value": rows[("test", name)][-1],
+                    "psnr": rows[("test", "psnr")][-1],
+                    "grad_ratio_logged": statistics.median(ratios),
+                    "shared": len(rewards) > 1,
+                    # the run's cost is booked on its first row only (sums over rows stay honest)
+                    "wall_s": wall if i == 0 else 0.0,
+                    "cpu_s": cpu if i == 0 else 0.0,
+                }
+            )
+        return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -204,7 +252,7 @@ def _worker(queue_in, queue_out, quick, extra):
         try:
             queue_out.put(run_job(job, quick, extra))
         except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
-            queue_out.put({"key": job_key(job), "error": f"{type(exc).__name__}: {exc}"})
+            queue_out.put([{"key": job_key(job), "error": f"{type(exc).__name__}: {exc}"}])
 
 
 def mean_se(values: list) -> tuple:
@@ -309,14 +357,24 @@ def summarise(results: list, out: Path) -> list:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--quick", action="store_true", help="reduced runs (150 steps, 24 px): about 7 runs a minute on 2 cores"
+        "--quick", action="store_true", help=f"reduced runs ({QUICK_STEPS} steps, 24 px; see the docstring)"
     )
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.1, 0.3, 1.0, 3.0])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument(
+        "--other-seeds",
+        type=int,
+        default=None,
+        help=f"seeds for objectives outside {CORE} (default: --seeds; 1 with --quick)",
+    )
+    ap.add_argument("--only", nargs="+", default=None, help="run only these labels (plus sds)")
+    ap.add_argument("--rewards", nargs="+", default=None, choices=list(REWARDS), help="run only these rewards")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "outputs" / "toy-pareto"))
     ap.add_argument("--steps", type=int, default=None, help="override trainer.max_steps (smoke runs)")
     args = ap.parse_args(argv)
+    if args.quick and args.other_seeds is None:
+        args.other_seeds = 1
     out = Path(args.out) / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "runs.jsonl"
@@ -325,9 +383,17 @@ def main(argv=None) -> int:
         for line in cache.read_text().splitlines():
             r = json.loads(line)
             done[r["key"]] = r
-    todo = [j for j in jobs(args) if job_key(j) not in done]
+    every = [
+        j
+        for j in jobs(args)
+        if (args.only is None or j["label"] in ("sds", *args.only))
+        and (args.rewards is None or set(j["rewards"]) & set(args.rewards))
+    ]
+    every.sort(key=lambda j: j["label"] not in CORE)  # the summary lines' runs first
+    todo = [j for j in every if not all(k in done for k in job_keys(j))]
     t0 = time.time()
-    print(f"toy_pareto: {len(todo)} runs to do, {len(done)} cached, {args.workers} worker(s)", flush=True)
+    loads = []
+    print(f"toy_pareto: {len(todo)} runs to do, {len(every) - len(todo)} cached, {args.workers} worker(s)", flush=True)
     if todo:
         ctx = mp.get_context("spawn")
         q_in, q_out = ctx.Queue(), ctx.Queue()
@@ -341,26 +407,35 @@ def main(argv=None) -> int:
             q_in.put(None)
         with open(cache, "a") as f:
             for i in range(len(todo)):
-                r = q_out.get()
-                if "error" in r:
-                    print(f"  run {r['key']} failed: {r['error']}", flush=True)
-                    continue
-                f.write(json.dumps(r) + "\n")
-                f.flush()
-                done[r["key"]] = r
-                print(
-                    f"  [{i + 1}/{len(todo)}] {r['key']}: reward {r['reward_value']:.4f}, psnr {r['psnr']:.2f}",
-                    flush=True,
-                )
+                rows = q_out.get()
+                if hasattr(os, "getloadavg"):
+                    loads.append(os.getloadavg()[0])
+                for r in rows:
+                    if "error" in r:
+                        print(f"  run {r['key']} failed: {r['error']}", flush=True)
+                        continue
+                    f.write(json.dumps(r) + "\n")
+                    f.flush()
+                    done[r["key"]] = r
+                    print(
+                        f"  [{i + 1}/{len(todo)}] {r['key']}: reward {r['reward_value']:.4f}, psnr {r['psnr']:.2f}",
+                        flush=True,
+                    )
         for p in procs:
             p.join()
-    wanted = {job_key(j) for j in jobs(args)}
+    wanted = {k for j in every for k in job_keys(j)}
     results = [r for k, r in done.items() if k in wanted]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    wall = time.time() - t0
+    cpu = sum(r.get("cpu_s", 0.0) for r in results)
+    load = statistics.fmean(loads) if loads else (os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"))
     lines = [
-        f"# Toy Pareto ({'quick' if args.quick else 'full'}; strengths {args.strengths}; {args.seeds} seeds; "
-        f"prompts {list(PROMPTS)}; {len(results)} runs; sweep wall time {time.time() - t0:.0f} s, "
-        f"1-min load average {load:.1f} on {os.cpu_count()} cores)"
+        f"# Toy Pareto ({'quick' if args.quick else 'full'}; strengths {args.strengths}; {args.seeds} seeds "
+        f"({args.other_seeds or args.seeds} for objectives outside {', '.join(CORE)}); prompts {list(PROMPTS)}; "
+        f"{len(every)} training runs, {len(results)} scored rows)",
+        "",
+        f"Sweep wall time {wall:.0f} s this invocation ({len(todo)} runs; mean 1-min load average {load:.1f} on "
+        f"{os.cpu_count()} cores); CPU time of all {len(every)} runs {cpu:.0f} s, i.e. about "
+        f"{cpu / max(1, args.workers):.0f} s of wall time with {args.workers} single-thread workers on an idle machine.",
     ]
     lines += summarise(results, out)
     (out / "pareto.md").write_text("\n".join(lines) + "\n")
