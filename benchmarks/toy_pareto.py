@@ -74,7 +74,8 @@ CONTROL = "ddpo3d-render-control"
 #: the zero-mean control: the render scored (the same reward for all K draws of a view), raw reward as
 #: advantage, so each view gets sign(R) x the sum of its K score vectors: an isotropic random direction,
 #: sent at the same grad_ratio as the policy gradient. Its law does not depend on the reward.
-CONTROL_BLOCK = {"type": "ddpo3d", "target": "render", "advantage": "none"}
+#: K = 2: the law of that direction does not depend on K, so the control need not pay for the pg's K.
+CONTROL_BLOCK = {"type": "ddpo3d", "target": "render", "advantage": "none", "num_samples": 2}
 #: runs whose training does not depend on the reward (SDS-only; the control, up to the sign of a random
 #: direction): trained once, their final renders scored with every reward
 SHARED = ("sds", CONTROL)
@@ -82,14 +83,16 @@ SHARED = ("sds", CONTROL)
 CORE = ("sds", PG, CONTROL, "reward-backprop")
 #: objectives that backpropagate the reward: skipped for JPEG (no gradient)
 NEEDS_GRADIENT = ("reward-backprop", "dreamfl", "reward-tilted")
-QUICK_STEPS = 150
+QUICK_STEPS = 120
+QUICK_STRENGTHS = [0.3, 1.0, 3.0]
+FULL_STRENGTHS = [0.3, 1.0, 3.0, 10.0]
 QUICK = [
     f"trainer.max_steps={QUICK_STEPS}",
     "data.width=24",
     "data.height=24",
     "data.eval_width=32",
     "data.eval_height=32",
-    "data.n_test_views=6",
+    "data.n_test_views=4",
     "data.n_val_views=1",
     "trainer.val_check_interval=1000",
     "trainer.num_sanity_val_steps=0",
@@ -320,7 +323,7 @@ def summarise(results: list, out: Path) -> list:
         ax.axvline(sds_fid, color="black", ls=":", lw=1, label="SDS-only fidelity")
         ax.set_xlabel("fidelity PSNR against the true object (dB)")
         ax.set_ylabel(f"{reward} gain over SDS-only")
-        ax.set_title(f"toy Pareto, {reward} (labels: grad_ratio)")
+        ax.set_title(f"toy Pareto, {reward} (labels: strength: grad_ratio, or s of the lambda mix)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -330,13 +333,27 @@ def summarise(results: list, out: Path) -> list:
 
         summary[reward] = {label: best_point(pts, sds_fid) for label, pts in points.items()}
         summary[reward]["_points"] = points
+        lines += [
+            f"\n### {reward}: best gain per objective at fidelity >= 0.9 x SDS-only ({0.9 * sds_fid:.2f} dB)\n",
+            "| objective | strength | reward gain (mean ± SE) | gain / SE | fidelity PSNR (dB) | runs |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for label, best in summary[reward].items():
+            if label.startswith("_"):
+                continue
+            if best is None:
+                lines.append(f"| {label} | - | no strength keeps the fidelity | - | - | - |")
+                continue
+            s, g, g_se, f, f_se, cell = best
+            t = g / g_se if g_se and g_se > 0 else float("nan")
+            lines.append(f"| {label} | {s:g} | {g:+.4f} ± {g_se:.4f} | {t:.1f} | {f:.2f} ± {f_se:.2f} | {len(cell)} |")
 
     x = z = float("nan")
     b = summary.get("brightness", {})
-    if b.get(PG) and b.get("reward-backprop"):
-        x = b[PG][1] / b["reward-backprop"][1] if b["reward-backprop"][1] > 0 else float("nan")
-    elif "brightness" in summary:
-        x = 0.0
+    backprop = b.get("reward-backprop")
+    if backprop is not None and backprop[1] > 0 and PG in b:
+        # no pg strength keeping the fidelity counts as no gain
+        x = (b[PG][1] if b[PG] is not None else 0.0) / backprop[1]
     j = summary.get("jpeg", {})
     if j.get(PG):
         s = j[PG][0]
@@ -359,7 +376,13 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--quick", action="store_true", help=f"reduced runs ({QUICK_STEPS} steps, 24 px; see the docstring)"
     )
-    ap.add_argument("--strengths", type=float, nargs="+", default=[0.1, 0.3, 1.0, 3.0])
+    ap.add_argument(
+        "--strengths",
+        type=float,
+        nargs="+",
+        default=None,
+        help=f"default {FULL_STRENGTHS}; {QUICK_STRENGTHS} with --quick",
+    )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument(
         "--other-seeds",
@@ -375,6 +398,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick and args.other_seeds is None:
         args.other_seeds = 1
+    if args.strengths is None:
+        args.strengths = QUICK_STRENGTHS if args.quick else FULL_STRENGTHS
     out = Path(args.out) / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "runs.jsonl"
