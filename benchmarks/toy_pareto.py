@@ -452,6 +452,7 @@ def main(argv=None) -> int:
     results = [r for k, r in done.items() if k in wanted]
     wall = time.time() - t0
     cpu = sum(r.get("cpu_s", 0.0) for r in results)
+    cores = max(1, min(args.workers, os.cpu_count() or 1))
     load = statistics.fmean(loads) if loads else (os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"))
     lines = [
         f"# Toy Pareto ({'quick' if args.quick else 'full'}; strengths {args.strengths}; {args.seeds} seeds "
@@ -460,7 +461,7 @@ def main(argv=None) -> int:
         "",
         f"Sweep wall time {wall:.0f} s this invocation ({len(todo)} runs; mean 1-min load average {load:.1f} on "
         f"{os.cpu_count()} cores); CPU time of all {len(every)} runs {cpu:.0f} s, i.e. about "
-        f"{cpu / max(1, args.workers):.0f} s of wall time with {args.workers} single-thread workers on an idle machine.",
+        f"{cpu / cores:.0f} s of wall time with {cores} single-thread workers on an idle machine.",
     ]
     lines += summarise(results, out)
     (out / "pareto.md").write_text("\n".join(lines) + "\n")
