@@ -3,32 +3,50 @@
 Every objective in ``ddpo3d.objectives.combined.OBJECTIVES`` is swept (``none`` is the SDS-only
 baseline; an objective added to the registry later appears automatically, its loss weight
 ``lambda_<loss_name>`` for SDS-family terms, else from ``LAMBDAS`` or ``lambda_<type with - as _>``),
-plus the DDPO3D ``render`` target as the zero-mean control. Strength is the scale-free
-``grad_ratio`` in ratio mode (the per-view norm of the alignment gradient relative to SDS's at
-the same point; see ``ddpo3d/objectives/combined.py``) for additive objectives, and the lambda
-mix ``lambda_x = s/(1+s)``, ``lambda_sds = 1/(1+s)`` for terms that replace SDS (reward-sds,
-dreamdpo), swept over ``--strengths``; 3 seeds, the two toy prompts,
-rewards brightness (differentiable) and JPEG compressibility (not: reward backprop is skipped).
-Each run trains the toy NeRF of ``configs/toy/ddpo-brightness.yaml`` (reduced with ``--quick``)
-and records the final test-view reward and fidelity PSNR against the true object.
+plus a zero-mean control for the policy gradient. Strength is the scale-free ``grad_ratio`` in
+ratio mode (the per-view norm of the alignment gradient relative to SDS's at the same point; see
+``ddpo3d/objectives/combined.py``) for additive objectives, and the lambda mix
+``lambda_x = s/(1+s)``, ``lambda_sds = 1/(1+s)`` for terms that replace SDS (reward-sds, dreamdpo),
+swept over ``--strengths``; seeds x the two toy prompts; rewards brightness (differentiable) and
+JPEG compressibility (not: objectives that need the reward's gradient are skipped on it). Each run
+trains the toy NeRF of ``configs/toy/ddpo-brightness.yaml`` (reduced with ``--quick``) and records
+the final test-view reward and fidelity PSNR against the true object. The policy gradient
+(``ddpo3d``) uses the DDPO3D block of each reward's shipped toy config (``PG_CONFIGS``: K=128 for
+both); only its ``grad_ratio`` is swept.
+
+The control (``ddpo3d-render-control``) scores the render itself with the raw reward as advantage:
+every draw of a view gets the same reward, so the estimate is sign(R) x the sum of the view's
+score vectors, an isotropic random direction (zero mean), sent at the same ``grad_ratio`` as the
+policy gradient. It answers "does a random direction of that norm move the reward as much?". Its
+law does not depend on the reward, and SDS-only does not use the reward at all, so both are
+trained once per seed, prompt (and strength) and their final renders are scored with every reward
+(``system.eval_reward``).
 
 Writes ``<out>/pareto.md`` (the tables, also printed), ``<out>/pareto-<reward>.png`` (reward
 gain over SDS-only, paired by seed and prompt, against fidelity; error bars are standard errors
-over the seed x prompt runs) and ``<out>/runs.jsonl`` (one line per run; reused when present, so
-an interrupted sweep resumes). The last two printed lines are exactly
+over the seed x prompt runs) and ``<out>/runs.jsonl`` (one line per scored run, with its wall and
+CPU time; reused when present, so an interrupted sweep resumes and a finished one re-summarises
+for free). The last two printed lines are exactly
 
     pareto brightness: pg gain / backprop gain at fidelity >= 0.9 x sds: X
     pareto jpeg: pg gain over render control: Z standard errors
 
-X: the best mean gain of the policy gradient (``ddpo3d`` with its defaults) among strengths whose
-mean fidelity is >= 0.9 x SDS-only's, over the same for reward backprop. Z: at the policy
-gradient's best such strength on JPEG, the mean paired difference (pg gain - render-control gain)
-over its standard error.
+X: the best mean gain of the policy gradient among strengths whose mean fidelity is >= 0.9 x
+SDS-only's, over the same for reward backprop. Z: at the policy gradient's best such strength on
+JPEG, the mean paired difference (pg - control, same seed and prompt) over its standard error.
+
+``--quick``: 120 steps, 24 px training and 32 px test images, 4 test views, strengths 0.3 / 1 / 3,
+3 seeds for the objectives the two lines need (sds, ddpo3d, the control, reward-backprop) and 1
+seed (x 2 prompts) for the others: 114 training runs, 1714 s of CPU time in all (measured under a
+load average of 8: 36 min of wall time with 3 workers on 2 shared cores), so about 14 minutes on 2
+idle cores with 2 workers. The full sweep:
+300 steps, 32 px, strengths 0.3 / 1 / 3 / 10, 3 seeds for every objective (246 runs).
 
 Usage::
 
-    python benchmarks/toy_pareto.py --quick            # ~40 min on 2 cores with every objective (about 280 runs)
-    python benchmarks/toy_pareto.py --workers 2        # the full sweep (300 steps per run)
+    python benchmarks/toy_pareto.py --quick            # ~14 min on 2 idle cores (114 runs)
+    python benchmarks/toy_pareto.py                    # the full sweep
+    python benchmarks/toy_pareto.py --rewards jpeg --only ddpo3d ddpo3d-render-control --strengths 3
 """
 
 from __future__ import annotations
@@ -289,8 +307,10 @@ def summarise(results: list, out: Path) -> list:
         sds_rew = statistics.fmean(r["reward_value"] for r in sds.values())
         lines += [
             f"\n## {reward}: SDS-only reward {sds_rew:.4f}, fidelity {sds_fid:.2f} dB "
-            f"(mean over {len(sds)} seed x prompt runs); gain = objective - SDS-only at the same seed and prompt\n",
-            "| objective | grad_ratio | reward gain | fidelity PSNR (dB) | logged align/SDS ratio | runs |",
+            f"(mean over {len(sds)} seed x prompt runs); gain = objective - SDS-only at the same seed and prompt; "
+            "± is the standard error over the seed x prompt pairs (of the paired difference to SDS-only for the "
+            "fidelity too: the two prompts' own PSNRs differ by several dB)\n",
+            "| objective | strength | reward gain | fidelity PSNR (dB) | logged align/SDS ratio | runs |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         points = {}
@@ -299,33 +319,53 @@ def summarise(results: list, out: Path) -> list:
                 cell = [r for r in rs if r["label"] == label and r["strength"] == s and (r["seed"], r["prompt"]) in sds]
                 gains = [r["reward_value"] - sds[(r["seed"], r["prompt"])]["reward_value"] for r in cell]
                 g, g_se = mean_se(gains)
-                f, f_se = mean_se([r["psnr"] for r in cell])
+                f = statistics.fmean(r["psnr"] for r in cell)
+                _, f_se = mean_se([r["psnr"] - sds[(r["seed"], r["prompt"])]["psnr"] for r in cell])
                 ratio = statistics.median(r["grad_ratio_logged"] for r in cell)
                 points.setdefault(label, []).append((s, g, g_se, f, f_se, cell))
                 lines.append(
                     f"| {label} | {s} | {g:+.4f} ± {g_se:.4f} | {f:.2f} ± {f_se:.2f} | {ratio:.3g} | {len(cell)} |"
                 )
-        fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
-        for label, pts in points.items():
-            ax.errorbar(
-                [p[3] for p in pts],
-                [p[1] for p in pts],
-                xerr=[p[4] for p in pts],
-                yerr=[p[2] for p in pts],
-                marker="o",
-                capsize=3,
-                label=label,
-            )
-            for p in pts:
-                ax.annotate(f"{p[0]:g}", (p[3], p[1]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.axhline(0.0, color="gray", lw=1)
-        ax.axvline(0.9 * sds_fid, color="gray", ls="--", lw=1, label="0.9 x SDS-only fidelity")
-        ax.axvline(sds_fid, color="black", ls=":", lw=1, label="SDS-only fidelity")
-        ax.set_xlabel("fidelity PSNR against the true object (dB)")
-        ax.set_ylabel(f"{reward} gain over SDS-only")
-        ax.set_title(f"toy Pareto, {reward} (labels: strength: grad_ratio, or s of the lambda mix)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), dpi=100)
+        near = 0.85 * sds_fid  # the zoomed panel: the points that keep most of the fidelity
+        for ax, zoom in zip(axes, (False, True)):
+            ys = [0.0]
+            for label, pts in points.items():
+                shown = [p for p in pts if not zoom or p[3] >= near]
+                if not shown:
+                    ax.plot([], [], marker="o", label=label)  # keep the colours and the legend aligned
+                    continue
+                ys += [p[1] + p[2] for p in shown] + [p[1] - p[2] for p in shown]
+                ax.errorbar(
+                    [p[3] for p in shown],
+                    [p[1] for p in shown],
+                    xerr=[p[4] for p in shown],
+                    yerr=[p[2] for p in shown],
+                    marker="o",
+                    capsize=3,
+                    label=label,
+                )
+                for p in shown:
+                    ax.annotate(f"{p[0]:g}", (p[3], p[1]), textcoords="offset points", xytext=(4, 4), fontsize=9)
+            ax.axhline(0.0, color="gray", lw=1)
+            ax.axvline(0.9 * sds_fid, color="gray", ls="--", lw=1, label="0.9 x SDS-only fidelity")
+            ax.axvline(sds_fid, color="black", ls=":", lw=1, label="SDS-only fidelity")
+            ax.set_xlabel("fidelity PSNR against the true object (dB)", fontsize=11)
+            ax.set_ylabel(f"{reward} gain over SDS-only", fontsize=11)
+            ax.grid(alpha=0.3)
+            if zoom:
+                pad = 0.1 * (max(ys) - min(ys) or 1e-3)
+                ax.set_ylim(min(ys) - pad, max(ys) + pad)
+                ax.set_xlim(left=near)
+                ax.set_title(f"zoom: fidelity >= 0.85 x SDS-only ({near:.1f} dB)", fontsize=12)
+            else:
+                ax.set_title("every strength", fontsize=12)
+                ax.legend(fontsize=9, loc="best")
+        fig.suptitle(
+            f"toy Pareto, {reward}: mean ± SE over seed x prompt pairs; point labels: strength "
+            "(grad_ratio, or s of the lambda mix)",
+            fontsize=12,
+        )
         fig.tight_layout()
         fig.savefig(out / f"pareto-{reward}.png")
         plt.close(fig)
