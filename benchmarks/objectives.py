@@ -505,8 +505,8 @@ def shipped_block(name="dreamfusion-ddpo.yaml"):
 
 def tiny_decoder_stand_in(block, folder, device, dtype):
     """The block with ``reward_decoder`` resolvable here: the named weights if on this machine, else a
-    random-weight ``AutoencoderTiny`` with diffusers' default config (TAESD's architecture: 64 channels,
-    3 blocks per stage, 8x upsampling) saved to ``folder``; compute does not depend on the weights.
+    random-weight decoder of TAESD's architecture (64 channels, blocks (3, 3, 3, 1), 8x upsampling)
+    saved to ``folder``; compute does not depend on the weights.
 
     Returns:
         ``(block, description)``; the description is None when the block has no tiny decoder.
@@ -521,10 +521,9 @@ def tiny_decoder_stand_in(block, folder, device, dtype):
         resolve_tiny_decoder(spec)
         return block, f"{spec} (local weights)"
     except WeightsNotFoundError:
-        from diffusers import AutoencoderTiny
+        from ddpo3d.testing.tiny_taesd import write_tiny_taesd
 
-        torch.manual_seed(0)
-        AutoencoderTiny().save_pretrained(folder)
+        write_tiny_taesd(folder, levels=4, channels=64, blocks=(3, 3, 3, 1))
         return {**block, "reward_decoder": folder}, f"{spec} architecture, random weights (not on this machine)"
 
 
@@ -634,8 +633,8 @@ def bench_sd21(args, device):
         step(name)
         objective = objs[name].objective
         tiny = getattr(objective, "_tiny_decoder", None)  # built lazily on the first decode
-        if tiny is not None:  # AutoencoderTiny.decode calls its decoder module, not forward()
-            timer.watch("tiny decoder fwd", tiny.model.decoder)
+        if tiny is not None:
+            timer.watch("tiny decoder fwd", tiny.model)
     for _ in range(args.rounds):
         for name, _ in variants:
             if cuda:

@@ -1,6 +1,7 @@
 """Noise predictors: the analytic prior's closed forms, the diffusers UNet adapter (latent / pixel,
 ε / v prediction), CFG convention, schedules."""
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -266,26 +267,18 @@ def test_decode_at_reward_size():
 
 
 def test_tiny_reward_decoder_loads_offline_and_errors_once(tmp_path):
-    """A seeded tiny AutoencoderTiny twin stands in for TAESD; a missing one is one clear error."""
-    from diffusers import AutoencoderTiny
-
+    """A seeded tiny TAESD twin stands in for TAESD; a missing one is one clear error."""
     from ddpo3d.diffusion.tiny_decoder import TinyLatentDecoder
     from ddpo3d.objectives import DDPO3D
+    from ddpo3d.testing.tiny_taesd import write_tiny_taesd
     from ddpo3d.weights import WeightsNotFoundError
 
-    torch.manual_seed(0)
-    twin = AutoencoderTiny(
-        encoder_block_out_channels=(8, 8),
-        decoder_block_out_channels=(8, 8),
-        num_encoder_blocks=(1, 1),
-        num_decoder_blocks=(1, 1),
-        latent_channels=4,
-    )
-    twin.save_pretrained(tmp_path / "taesd-twin")
-    dec = TinyLatentDecoder(str(tmp_path / "taesd-twin"))
+    folder = write_tiny_taesd(str(tmp_path / "taesd-twin"))
+    dec = TinyLatentDecoder(folder)
     x0 = torch.randn(2, 4, 8, 8)
     img = dec.decode(x0)
-    factor = 2 ** (len(twin.config.decoder_block_out_channels) - 1)
+    factor = dec.model.upsampling
+    assert factor == 2
     assert img.shape == (2, 8 * factor, 8 * factor, 3) and 0 <= float(img.min()) and float(img.max()) <= 1
     unet, vae, sch = tiny_unet(), tiny_vae(), sd_scheduler()
     pred = UNetNoisePredictor(unet, vae, sch.alphas_cumprod)
@@ -294,3 +287,32 @@ def test_tiny_reward_decoder_loads_offline_and_errors_once(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="reward_decoder") as err:
         TinyLatentDecoder(str(tmp_path / "nowhere"))
     assert "huggingface-cli download madebyollin/taesd" in str(err.value)
+
+
+def test_tiny_reward_decoder_matches_diffusers_autoencoder_tiny(tmp_path):
+    """Our TAESD decoder reads diffusers' AutoencoderTiny folders and decodes exactly as it does."""
+    diffusers = pytest.importorskip("diffusers")
+    if not hasattr(diffusers, "AutoencoderTiny"):
+        pytest.skip(f"diffusers {diffusers.__version__} has no AutoencoderTiny (added in 0.20)")
+    from ddpo3d.diffusion.tiny_decoder import TinyLatentDecoder
+
+    torch.manual_seed(0)
+    ref = diffusers.AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8),
+        num_encoder_blocks=(1, 2, 1),
+        num_decoder_blocks=(2, 1, 1),
+        latent_channels=4,
+    )
+    ref.save_pretrained(tmp_path / "ref")
+    ours = TinyLatentDecoder(str(tmp_path / "ref"))
+    x0 = 2.0 * torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        want = ((ref.decode(x0).sample + 1.0) * 0.5).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+    assert torch.allclose(ours.decode(x0), want, atol=1e-6)
+    cfg_path = tmp_path / "ref" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["num_decoder_blocks"] = [3, 1, 1]  # one block more than the weights hold
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="do not fit its config.json"):
+        TinyLatentDecoder(str(tmp_path / "ref"))
