@@ -37,14 +37,14 @@ JPEG, the mean paired difference (pg - control, same seed and prompt) over its s
 
 ``--quick``: 120 steps, 24 px training and 32 px test images, 4 test views, strengths 0.3 / 1 / 3,
 3 seeds for the objectives the two lines need (sds, ddpo3d, the control, reward-backprop) and 1
-seed (x 2 prompts) for the others: 114 training runs. Measured with 2 workers on 2 cores shared
-with other jobs (mean 1-min load average 3.3): 1285 s of wall time, 1532 s of CPU time in all, so
-about 13 minutes on 2 idle cores (under a load average of 8 the same sweep took 40 min). The full sweep:
+seed (x 2 prompts) for the others: 114 training runs. Measured from scratch with 2 workers on the
+project's otherwise idle 2-core machine: 14 min 43 s of wall time (1694 s of CPU time in all); on
+cores shared with other jobs it took 21 min (load 3.3) to 40 min (load 8). The full sweep:
 300 steps, 32 px, strengths 0.3 / 1 / 3 / 10, 3 seeds for every objective (246 runs).
 
 Usage::
 
-    python benchmarks/toy_pareto.py --quick            # ~13 min on 2 idle cores (114 runs)
+    python benchmarks/toy_pareto.py --quick            # 14.7 min on 2 idle cores (114 runs)
     python benchmarks/toy_pareto.py                    # the full sweep
     python benchmarks/toy_pareto.py --rewards jpeg --only ddpo3d ddpo3d-render-control --strengths 3
 """
