@@ -15,9 +15,9 @@
    ``reward_decoder`` when its weights are not on the machine), with the aesthetic reward's
    compute (ViT-L/14 at 224² + MLP head); plus the same block with ``reward_decoder: null``, and
    where each step's time goes (UNet, VAE encoder, VAE decoder, tiny decoder, reward model,
-   backward). ``--quick`` (one timed round, unless ``--rounds``) used 11 minutes of CPU time on 2
-   threads (models built, one warm-up and one timed step of each of the three methods), about 6
-   minutes of wall time on 2 idle cores (42 minutes at a 1-min load average of 8 to 17).
+   backward). ``--quick`` (one timed round, unless ``--rounds``: models built, one warm-up and one
+   timed step of each of the three methods) took 5 min 15 s of wall time on the project's idle
+   2-core machine (8 min of CPU time; 42 minutes at a 1-min load average of 8 to 17).
 
 Prints Markdown tables; the last two lines of parts 1-2 are exactly
 
