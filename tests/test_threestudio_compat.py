@@ -635,20 +635,13 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
             "files": files,
         }
 
-    @check("guard_fit")
-    def _check_guard():
-        """The training guard on threestudio's DreamFusion: a NaN reward skips every update."""
+    def fit_briefly(system, max_steps: int, **trainer_kwargs):
+        """Train ``system`` for ``max_steps`` on 32² random cameras (CPU, no logger, checkpoints or validation)."""
         import pytorch_lightning as pl
 
-        cfg = state["system_cfg"].copy()
-        cfg.guidance.reward = {"type": "python", "target": "ddpo3d.testing.rewards:nan_reward"}
-        cfg.max_consecutive_skips = 0
-        system = threestudio.find("ddpo3d-system")(cfg, resumed=False)
-        system.set_save_dir(os.path.join(work, "trial-guard", "save"))
-        before = {k: v.detach().clone() for k, v in system.state_dict().items()}
         dm = threestudio.find("random-camera-datamodule")({"width": 32, "height": 32, "batch_size": 2})
         trainer = pl.Trainer(
-            max_steps=2,
+            max_steps=max_steps,
             accelerator="cpu",
             devices=1,
             logger=False,
@@ -657,8 +650,21 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
             limit_val_batches=0,
             enable_progress_bar=False,
             enable_model_summary=False,
+            **trainer_kwargs,
         )
         trainer.fit(system, datamodule=dm)
+        return trainer
+
+    @check("guard_fit")
+    def _check_guard():
+        """The training guard on threestudio's DreamFusion: a NaN reward skips every update."""
+        cfg = state["system_cfg"].copy()
+        cfg.guidance.reward = {"type": "python", "target": "ddpo3d.testing.rewards:nan_reward"}
+        cfg.max_consecutive_skips = 0
+        system = threestudio.find("ddpo3d-system")(cfg, resumed=False)
+        system.set_save_dir(os.path.join(work, "trial-guard", "save"))
+        before = {k: v.detach().clone() for k, v in system.state_dict().items()}
+        trainer = fit_briefly(system, max_steps=2)
         after = system.state_dict()
         return {
             "global_step": int(trainer.global_step),
@@ -669,26 +675,11 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
     @check("magic3d_fit")
     def _check_magic3d():
         """threestudio's own ``magic3d-system`` (coarse stage) with the DDPO3D guidance, unchanged."""
-        import pytorch_lightning as pl
-
         cfg = state["system_cfg"].copy()
         cfg.refinement = False
         system = threestudio.find("magic3d-system")(cfg, resumed=False)
         system.set_save_dir(os.path.join(work, "trial-magic3d", "save"))
-        dm = threestudio.find("random-camera-datamodule")({"width": 32, "height": 32, "batch_size": 2})
-        trainer = pl.Trainer(
-            max_steps=1,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            log_every_n_steps=1,
-        )
-        trainer.fit(system, datamodule=dm)
+        trainer = fit_briefly(system, max_steps=1, log_every_n_steps=1)
         return {
             "global_step": int(trainer.global_step),
             "fit_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
@@ -699,7 +690,6 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
         """``ddpo3d-system`` on threestudio's DreamFusion hands a guidance that asks for them
         (``needs_render_out``) the render outputs as ``render_out=`` in training, through
         threestudio's own training step; threestudio's ``dreamfusion-system`` keeps its call."""
-        import pytorch_lightning as pl
         from threestudio.utils.base import BaseObject
 
         seen = []
@@ -722,20 +712,8 @@ def _run_checks(out_path: str, work: str, src: str | None) -> None:
             cfg.guidance = {}
             system = threestudio.find(system_type)(cfg, resumed=False)
             system.set_save_dir(os.path.join(work, f"trial-render-out-{system_type}", "save"))
-            dm = threestudio.find("random-camera-datamodule")({"width": 32, "height": 32, "batch_size": 2})
-            trainer = pl.Trainer(
-                max_steps=1,
-                accelerator="cpu",
-                devices=1,
-                logger=False,
-                enable_checkpointing=False,
-                num_sanity_val_steps=0,
-                limit_val_batches=0,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-            )
             seen.clear()
-            trainer.fit(system, datamodule=dm)
+            trainer = fit_briefly(system, max_steps=1)
             runs[system_type] = {"calls": list(seen), "global_step": int(trainer.global_step)}
         return runs
 
